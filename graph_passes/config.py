@@ -1,0 +1,97 @@
+"""Rewrite configuration: bits per layer for K and V, QJL, seed; and the metadata it becomes."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from tq_ort import codec
+
+METADATA_KEY = "turboquant.config"
+SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 256)
+
+
+@dataclass(frozen=True)
+class TQConfig:
+    """What the user asks for. `key_bits` counts the QJL bit when use_qjl is on (codes get b-1)."""
+
+    key_bits: int = 4
+    value_bits: int = 4
+    use_qjl: bool = False
+    keys_only: bool = False  # values stay in the model's float dtype
+    protect_layers: tuple[int, ...] = ()  # layer indices (negative counts from the end)
+    protect_bits: int = 8
+    seed: int = 0
+    windows: dict[int, int] = field(default_factory=dict)  # layer -> sliding window (tokens)
+
+    def validate(self) -> None:
+        ok = codec.SUPPORTED_BITS
+        if self.key_bits not in ok or (self.use_qjl and self.key_bits - 1 not in ok):
+            raise ValueError(f"key_bits={self.key_bits}: expected one of {ok}"
+                             + (" (with QJL, key_bits-1 must be one of them too)" if self.use_qjl else ""))
+        if not self.keys_only and self.value_bits not in ok:
+            raise ValueError(f"value_bits={self.value_bits}: expected one of {ok}")
+        if self.protect_bits not in ok:
+            raise ValueError(f"protect_bits={self.protect_bits}: expected one of {ok}")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The resolved configuration of one layer, as written to the metadata."""
+
+    layer: int
+    head_dim: int
+    kv_heads: int
+    num_heads: int
+    key_bits: int  # code bits actually stored (b-1 with QJL)
+    value_bits: int  # 0 = float values (keys-only)
+    use_qjl: bool
+    qjl_dim: int
+    key_row_bytes: int
+    value_row_bytes: int  # 0 for float values
+    window: int
+    past_key: str
+    past_value: str
+    present_key: str
+    present_value: str
+
+
+def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_heads: int, num_heads: int,
+               names: tuple[str, str, str, str]) -> LayerPlan:
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"layer {layer}: head_dim {head_dim} unsupported; expected one of {SUPPORTED_HEAD_DIMS}")
+    protected = {p % n_layers for p in cfg.protect_layers}
+    kb = cfg.protect_bits if layer in protected else cfg.key_bits
+    vb = 0 if cfg.keys_only else (cfg.protect_bits if layer in protected else cfg.value_bits)
+    qjl = cfg.use_qjl and layer not in protected
+    code_bits = kb - 1 if qjl else kb
+    m = head_dim if qjl else 0
+    return LayerPlan(
+        layer=layer, head_dim=head_dim, kv_heads=kv_heads, num_heads=num_heads, key_bits=code_bits,
+        value_bits=vb, use_qjl=qjl, qjl_dim=m, key_row_bytes=codec.row_bytes(head_dim, code_bits, qjl, m or None),
+        value_row_bytes=codec.row_bytes(head_dim, vb) if vb else 0, window=cfg.windows.get(layer, -1),
+        past_key=names[0], past_value=names[1], present_key=names[2], present_value=names[3])
+
+
+def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buffer_ok: bool) -> str:
+    return json.dumps({
+        "layout_version": codec.LAYOUT_VERSION,
+        "seed": cfg.seed,
+        "source": source,
+        "requested": {"key_bits": cfg.key_bits, "value_bits": cfg.value_bits, "use_qjl": cfg.use_qjl,
+                      "keys_only": cfg.keys_only, "protect_layers": list(cfg.protect_layers),
+                      "protect_bits": cfg.protect_bits},
+        "shared_buffer_ok": shared_buffer_ok,
+        "layers": [asdict(p) for p in plans],
+    })
+
+
+def read_metadata(model) -> dict:
+    """The rewrite configuration stored in an onnx.ModelProto or onnx_ir.Model."""
+    props = model.metadata_props
+    if isinstance(props, dict):
+        raw = props.get(METADATA_KEY)
+    else:
+        raw = next((p.value for p in props if p.key == METADATA_KEY), None)
+    if raw is None:
+        raise ValueError(f"model has no '{METADATA_KEY}' metadata: it was not rewritten by tq-ort")
+    return json.loads(raw)

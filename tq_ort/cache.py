@@ -1,0 +1,66 @@
+"""Compressed-cache allocation from a rewritten model's metadata, and its memory accounting."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+METADATA_KEY = "turboquant.config"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One cache tensor: name of its past input / present output, dtype and per-token row width."""
+
+    layer: int
+    past: str
+    present: str
+    kv_heads: int
+    width: int  # bytes per row for uint8 rows, head_dim for float caches
+    dtype: np.dtype
+
+    def shape(self, batch: int, seq: int) -> tuple[int, int, int, int]:
+        return (batch, self.kv_heads, seq, self.width)
+
+    def bytes_per_token(self) -> int:
+        return self.kv_heads * self.width * self.dtype.itemsize
+
+
+def config_from_session(sess) -> dict | None:
+    raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def cache_specs(sess) -> list[CacheSpec]:
+    """Cache tensors of any decoder session: from the tq metadata, else from the float past inputs."""
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+              "tensor(bfloat16)": np.float16}
+    specs = []
+    for inp in sess.get_inputs():
+        if not inp.name.startswith("past_key_values."):
+            continue
+        _, layer, kind = inp.name.split(".")
+        heads, width = inp.shape[1], inp.shape[3]
+        if not isinstance(heads, int) or not isinstance(width, int):
+            raise ValueError(f"{inp.name} shape {inp.shape}: expected static kv_heads and row width")
+        specs.append(CacheSpec(int(layer), inp.name, f"present.{layer}.{kind}", heads, width,
+                               np.dtype(dtypes[inp.type])))
+    if not specs:
+        raise ValueError("model has no past_key_values.* inputs: not a decoder with a KV cache")
+    return sorted(specs, key=lambda s: (s.layer, s.past))
+
+
+def fp16_bytes_per_token(cfg: dict | None, specs: list[CacheSpec]) -> int:
+    """What the same cache costs in float16: Hkv * head_dim * 2 bytes per K or V tensor."""
+    if cfg is None:
+        return sum(s.kv_heads * s.width * 2 for s in specs)
+    return sum(2 * layer["kv_heads"] * layer["head_dim"] * 2 for layer in cfg["layers"])
+
+
+def describe(cfg: dict | None, specs: list[CacheSpec], context: int, batch: int = 1) -> dict:
+    tq = sum(s.bytes_per_token() for s in specs)
+    fp16 = fp16_bytes_per_token(cfg, specs)
+    return {"bytes_per_token": tq, "fp16_bytes_per_token": fp16, "context": context, "batch": batch,
+            "cache_bytes": tq * context * batch, "fp16_cache_bytes": fp16 * context * batch,
+            "compression": fp16 / tq}

@@ -1,0 +1,54 @@
+"""`tq-ort inspect`: configuration, bytes per token per layer, cache memory against float16."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+
+def load_config(model: Path) -> dict:
+    from graph_passes import read_metadata
+
+    path = model / "model.onnx" if model.is_dir() else model
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model")
+    return read_metadata(onnx.load(str(path), load_external_data=False))
+
+
+def memory(cfg: dict, context: int, batch: int = 1) -> dict:
+    rows = []
+    for layer in cfg["layers"]:
+        h = layer["kv_heads"]
+        k = h * layer["key_row_bytes"]
+        v = h * (layer["value_row_bytes"] or layer["head_dim"] * 4)  # keys-only: float32 values in the export
+        rows.append({"layer": layer["layer"], "key_bits": layer["key_bits"] + int(layer["use_qjl"]),
+                     "value_bits": layer["value_bits"], "qjl": layer["use_qjl"], "key_bytes_per_token": k,
+                     "value_bytes_per_token": v, "fp16_bytes_per_token": 2 * h * layer["head_dim"] * 2})
+    tq = sum(r["key_bytes_per_token"] + r["value_bytes_per_token"] for r in rows)
+    fp16 = sum(r["fp16_bytes_per_token"] for r in rows)
+    return {"layers": rows, "bytes_per_token": tq, "fp16_bytes_per_token": fp16, "context": context, "batch": batch,
+            "cache_bytes": tq * context * batch, "fp16_cache_bytes": fp16 * context * batch, "compression": fp16 / tq}
+
+
+def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: bool = False) -> str:
+    cfg = load_config(model)
+    mem = memory(cfg, context, batch)
+    if as_json:
+        return json.dumps({"config": cfg, "memory": mem}, indent=1)
+    req = cfg["requested"]
+    lines = [f"{model}: TurboQuant layout v{cfg['layout_version']}, source {cfg['source']}, seed {cfg['seed']}",
+             f"requested: key_bits={req['key_bits']} value_bits={req['value_bits']} qjl={req['use_qjl']} "
+             f"keys_only={req['keys_only']} protect_layers={req['protect_layers']}@{req['protect_bits']}",
+             f"shared-buffer decoding: {'yes' if cfg['shared_buffer_ok'] else 'no (graph reads the past length)'}",
+             "",
+             f"{'layer':>5} {'K bits':>6} {'V bits':>6} {'K B/tok':>8} {'V B/tok':>8} {'fp16 B/tok':>10}"]
+    for r in mem["layers"]:
+        lines.append(f"{r['layer']:>5} {str(r['key_bits']) + ('+qjl' if r['qjl'] else ''):>6} "
+                     f"{r['value_bits'] or 'float':>6} {r['key_bytes_per_token']:>8} {r['value_bytes_per_token']:>8} "
+                     f"{r['fp16_bytes_per_token']:>10}")
+    mib = 2 ** 20
+    lines += ["", f"bytes per token (all layers): {mem['bytes_per_token']} vs {mem['fp16_bytes_per_token']} in float16",
+              f"cache at {context} tokens x batch {batch}: {mem['cache_bytes'] / mib:.2f} MiB vs "
+              f"{mem['fp16_cache_bytes'] / mib:.2f} MiB float16 ({mem['compression']:.2f}x smaller)"]
+    return "\n".join(lines)
