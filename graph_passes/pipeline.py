@@ -72,12 +72,18 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
         if len(masks) > 1 and not cfg.windows:
             raise RewriteError("layers use different attention masks (sliding-window layers?) and no window sizes "
                                "are known: put the model's config.json beside it or pass windows")
+    windows = dict(cfg.windows)
+    for layer, m in matches.items():  # GroupQueryAttention carries its own local_window_size
+        if m.get("window", -1) > 0:
+            windows.setdefault(layer, m["window"])
+    if windows != cfg.windows:
+        cfg = TQConfig(**{**cfg.__dict__, "windows": windows})
     b = GraphBuilder(graph, cfg)
     plans = []
     n = len(ios)
     for io in ios:
-        kvh, d = io.kv_heads_and_dim
         m = matches[io.layer]
+        kvh, d = (m["kv_heads"], m["head_dim"]) if "head_dim" in m else io.kv_heads_and_dim
         hq = m.get("q_heads") or hf.get("num_attention_heads") or hf.get("n_head")
         if not hq:
             raise RewriteError(f"layer {io.layer}: number of query heads unknown; pass num_attention_heads "
@@ -86,7 +92,7 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
         plans.append(plan)
         retype_cache(graph, io, plan.key_row_bytes, plan.value_row_bytes)
     seqlens = total = None
-    if source == "decomposed":
+    if source != "GroupQueryAttention":  # GQA graphs bring their own seqlens_k / total_sequence_length
         mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
         if mask is None:
             raise RewriteError("no attention_mask input: the rewritten attention needs it for sequence lengths")
@@ -133,24 +139,52 @@ def _check_cache_consumers(graph: ir.Graph, ios) -> None:
 def _past_shape_unused(graph: ir.Graph, ios) -> bool:
     """Shared-buffer decoding binds past to a buffer of full capacity: only safe if nothing else in the
     graph reads the past's length (the exporters' mask / position logic does, when it survives)."""
-    return all(u.node.op_type == "TurboQuantAttention" for io in ios for v in (io.past_key, io.past_value)
-               for u in v.uses())
+    for io in ios:
+        for v in (io.past_key, io.past_value):
+            for u in v.uses():
+                n = u.node
+                if n.op_type == "TurboQuantAttention":
+                    continue
+                start = n.attributes["start"].value if "start" in n.attributes else 0
+                end = n.attributes["end"].value if "end" in n.attributes else None
+                if not (n.op_type == "Shape" and end is not None and 0 <= start and end <= 2):
+                    return False  # reads the sequence axis (or something else)
+    return True
 
 
-def check_model(model: ir.Model) -> onnx.ModelProto:
-    """onnx.checker with full shape inference on the rewritten model; returns the proto."""
-    proto = ir.to_proto(model)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+def check_model(path: str | Path) -> None:
+    """onnx.checker with full shape inference on a saved model (external data resolved by path)."""
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def rewrite_file(src: str | Path, dst: str | Path, cfg: TQConfig, *, hf_config: dict | None = None) -> Path:
+    """Rewrite the model at src into dst (weights inline below 1.8 GB, else in dst.data); checked."""
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such model")
     model = ir.load(src)
     hf = hf_config if hf_config is not None else _hf_config(src.parent)
     rewrite_model(model, cfg, hf_config=hf)
-    proto = check_model(model)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    large = proto.ByteSize() > 1_800_000_000
-    onnx.save_model(proto, dst, save_as_external_data=large, location=dst.name + ".data" if large else None)
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    tmp = dst.with_name(dst.name + ".tmp")
+    data = dst.name + ".data"
+    external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    ir.save(model, tmp, external_data=data if external or weight_bytes > 1_800_000_000 else None)
+    try:
+        check_model(tmp)
+    except onnx.checker.ValidationError as e:
+        # onnxruntime-genai graphs use ORT contrib ops in the default domain
+        # (SimplifiedLayerNormalization) and fail the checker before we touch them: hold a
+        # rewritten model to the standard its source met, no lower
+        try:
+            check_model(src)
+        except onnx.checker.ValidationError as src_err:
+            if str(src_err).splitlines()[0] != str(e).splitlines()[0]:
+                tmp.unlink(missing_ok=True)
+                raise
+        else:
+            tmp.unlink(missing_ok=True)
+            raise
+    tmp.replace(dst)
     return dst

@@ -106,7 +106,7 @@ def rewrite(b: GraphBuilder, io: CacheIO, plan: LayerPlan, m: dict, seqlens: ir.
     k3 = b.bnsh_to_bsh(m["k_new"], hkv, d)
     v3 = b.bnsh_to_bsh(m["v_new"], hkv, d)
     out, pk, pv = b.attention(plan, query=q3, key=k3, value=v3, past_key=io.past_key, past_value=io.past_value,
-                              seqlens_k=seqlens, total_seq=total, scale=m["scale"])
+                              seqlens_k=seqlens, total_seq=total, scale=m["scale"], softcap=m.get("softcap", 0.0))
     # out [B, S, Hq*d]: reuse the exporter's own Transpose -> Reshape([B, S, -1]) when it follows
     old = m["out"]
     t = sole_consumer(old, "Transpose")

@@ -45,18 +45,20 @@ def tiny_export(family: str, source: str = "optimum") -> Path:
 def library_has_attention() -> bool:
     """Whether the built custom-op library registers TurboQuantAttention on the CPU EP."""
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
         from tq_ort import session_options
     except Exception:
         return False
-    node = helper.make_node("TurboQuantDecode", ["r", "rot", "cb"], ["y"], domain="turboquant")
-    g = helper.make_graph([node], "probe", [helper.make_tensor_value_info("r", TensorProto.UINT8, [1, 36]),
-                                              helper.make_tensor_value_info("rot", TensorProto.FLOAT, [64]),
-                                              helper.make_tensor_value_info("cb", TensorProto.FLOAT, [16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    f, u8, i32 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT32
+    ins = [("q", f, [1, 1, 64]), ("k", f, [1, 1, 64]), ("v", f, [1, 1, 64]), ("pk", u8, [1, 1, 4, 36]),
+           ("pv", u8, [1, 1, 4, 36]), ("sl", i32, [1]), ("t", i32, []), ("rot", f, [64]), ("kc", f, [16]),
+           ("vc", f, [16])]
+    node = helper.make_node("TurboQuantAttention", [n for n, _, _ in ins], ["o", "k2", "v2"], domain="turboquant",
+                            num_heads=1, kv_num_heads=1, key_bits=4, value_bits=4)
+    g = helper.make_graph([node], "probe", [helper.make_tensor_value_info(*i) for i in ins],
+                          [helper.make_tensor_value_info("o", f, None)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("turboquant", 1)])
     try:
         ort.InferenceSession(m.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
