@@ -76,6 +76,10 @@ def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, 
         for base in (src.parent, model_dir):
             if (base / name).exists() and not (out_dir / name).exists():
                 shutil.copy2(base / name, out_dir / name)
+    if source == "genai":
+        from .genai import write_genai_config
+
+        write_genai_config(src.parent, out_dir)
     steps.update()
     steps.close()
     return dst
