@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +33,9 @@ def config_from_session(sess) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def cache_specs(sess) -> list[CacheSpec]:
-    """Cache tensors of any decoder session: from the tq metadata, else from the float past inputs."""
+def cache_specs(sess, head_dim: int | None = None) -> list[CacheSpec]:
+    """Cache tensors of any decoder session, from its past inputs (head_dim fills a symbolic width,
+    as onnxruntime-genai exports have)."""
     dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(bfloat16)": np.float16}
     specs = []
@@ -42,6 +44,8 @@ def cache_specs(sess) -> list[CacheSpec]:
             continue
         _, layer, kind = inp.name.split(".")
         heads, width = inp.shape[1], inp.shape[3]
+        if not isinstance(width, int) and inp.type != "tensor(uint8)" and head_dim:
+            width = head_dim
         if not isinstance(heads, int) or not isinstance(width, int):
             raise ValueError(f"{inp.name} shape {inp.shape}: expected static kv_heads and row width")
         specs.append(CacheSpec(int(layer), inp.name, f"present.{layer}.{kind}", heads, width,
@@ -49,6 +53,21 @@ def cache_specs(sess) -> list[CacheSpec]:
     if not specs:
         raise ValueError("model has no past_key_values.* inputs: not a decoder with a KV cache")
     return sorted(specs, key=lambda s: (s.layer, s.past))
+
+
+def head_dim_hint(model_dir: Path) -> int | None:
+    """head_dim from genai_config.json or config.json beside a model, if either is there."""
+    g = model_dir / "genai_config.json"
+    if g.exists():
+        return json.loads(g.read_text())["model"]["decoder"].get("head_size")
+    c = model_dir / "config.json"
+    if c.exists():
+        hf = json.loads(c.read_text())
+        if hf.get("head_dim"):
+            return int(hf["head_dim"])
+        if hf.get("hidden_size") and hf.get("num_attention_heads"):
+            return int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    return None
 
 
 def fp16_bytes_per_token(cfg: dict | None, specs: list[CacheSpec]) -> int:

@@ -86,7 +86,7 @@ def cmd_generate(a) -> int:
     if a.chat:
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(prompt, add_special_tokens=not a.chat)["input_ids"]  # the chat template brings its own
     sess = DecoderSession(model, device=a.device, max_length=a.max_length or len(ids) + a.max_new_tokens,
                           shared_buffer=False if a.concat else None)
     out: list[int] = []

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnxruntime as ort
 
-from .cache import CacheSpec, cache_specs, config_from_session, describe
+from .cache import CacheSpec, cache_specs, config_from_session, describe, head_dim_hint
 
 
 @dataclass
@@ -65,7 +65,7 @@ class DecoderSession:
         self.device = device
         self.sess = ort.InferenceSession(str(self.path), so, providers=providers)
         self.config = config_from_session(self.sess)
-        self.specs: list[CacheSpec] = cache_specs(self.sess)
+        self.specs: list[CacheSpec] = cache_specs(self.sess, head_dim_hint(self.path.parent))
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.max_length = int(max_length)
         can_share = bool(self.config and self.config.get("shared_buffer_ok"))
@@ -99,8 +99,9 @@ class DecoderSession:
         return describe(self.config, self.specs, context or self.max_length, getattr(self, "batch", 1))
 
     # -- running -------------------------------------------------------------------------------
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Feed ids [B, S]; returns logits of the last position [B, vocab]."""
+    def step(self, ids: np.ndarray, all_logits: bool = False) -> np.ndarray:
+        """Feed ids [B, S]; returns logits of the last position [B, vocab], or of every fed
+        position [B, S, vocab] with all_logits=True (perplexity evaluation)."""
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[0] != self.batch:
             raise ValueError(f"input_ids shape {ids.shape}: expected [{self.batch}, S]")
@@ -123,12 +124,15 @@ class DecoderSession:
                 io.bind_output(s.present, "cuda" if self.device == "cuda" else "cpu")
         io.bind_output("logits", "cpu")
         self.sess.run_with_iobinding(io)
-        outs = dict(zip([o.name for o in self.sess.get_outputs()], io.get_outputs()))
+        # io.get_outputs() is in binding order (present.* first, logits last), not the graph's order
+        bound = [s.present for s in self.specs] + ["logits"]
+        outs = dict(zip(bound, io.get_outputs()))
         if not self.shared:
             for s in self.specs:
                 self._cache[s.past] = outs[s.present]
         self.length = total
-        return outs["logits"].numpy()[:, -1, :]
+        logits = outs["logits"].numpy()
+        return logits if all_logits else logits[:, -1, :]
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, *, sampling: Sampling | None = None,
                  eos_token_id: int | list[int] | None = None,
