@@ -1,0 +1,358 @@
+// ORT CUDA EP adapters: shape checks on the host, then the plain-pointer kernels of
+// custom_ops/cuda/tq_cuda_api.h on the stream ORT gives the kernel (KernelContext_GetGPUComputeStream),
+// scratch from the kernel context's CUDA allocator (KernelContext_GetAllocator). Device-side values
+// (seqlens_k) are never read on the host: an out-of-range seqlens_k gives NaN outputs for that batch row.
+#include "ort/cuda_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda/tq_cuda_api.h"
+#include "ort/common.h"
+
+namespace tq {
+namespace {
+
+using ort::ElemType;
+using ort::Input;
+using ort::kAny;
+using ort::kF16;
+using ort::kF32;
+using ort::kI32;
+using ort::kU8;
+constexpr ElemType kBF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+constexpr const char* kCudaEP = "CUDAExecutionProvider";
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+int dtype_code(ElemType t) { return t == kF32 ? 1 : t == kF16 ? 10 : t == kBF16 ? 16 : 0; }
+
+Input opt_input(Ort::KernelContext& ctx, size_t i, const char* name) {
+  Input in;
+  in.name = name;
+  if (i >= ctx.GetInputCount()) return in;
+  auto v = ctx.GetInput(i);
+  if (!v) return in;
+  in = ort::get_input(ctx, i, name);
+  if (in.numel() == 0) in.present = false;
+  return in;
+}
+
+void check(int rc, const std::string& where) {
+  if (rc != 0) ort::fail(where + ": CUDA kernel failed: " + tq_cuda_last_error());
+}
+
+// d and rank from the rotation initializer.
+int rotation_dim(const Input& rot) {
+  rot.require_type(kF32);
+  if (rot.rank() == 1) {
+    int64_t d = rot.dim(0);
+    rot.require(d >= 2 && (d & (d - 1)) == 0, "[d] with d a power of two, or [d, d]");
+    return int(d);
+  }
+  rot.require(rot.rank() == 2 && rot.dim(0) == rot.dim(1), "[d] with d a power of two, or [d, d]");
+  return int(rot.dim(0));
+}
+
+int codebook_bits(const Input& cb) {
+  cb.require_type(kF32);
+  cb.require(cb.rank() == 1, "shape [2^bits]");
+  for (int b : {1, 2, 3, 4, 8})
+    if (cb.dim(0) == (int64_t(1) << b)) return b;
+  cb.fail_expected("length 2^bits with bits in {1, 2, 3, 4, 8}");
+}
+
+int qjl_rows(const Input& qjl, int d, bool use_qjl) {
+  if (!use_qjl) return 0;
+  qjl.require(qjl.present, "a float32 [m, d] matrix (use_qjl=1)");
+  qjl.require_type(kF32);
+  qjl.require(qjl.rank() == 2 && qjl.dim(1) == d && qjl.dim(0) >= 1 && qjl.dim(0) <= 256,
+              "[m, " + str(d) + "] with 1 <= m <= 256");
+  return int(qjl.dim(0));
+}
+
+struct Scratch {
+  Scratch(Ort::KernelContext& ctx, size_t bytes) : alloc(nullptr) {
+    if (!bytes) return;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    Ort::MemoryInfo mi("Cuda", OrtDeviceAllocator, dev, OrtMemTypeDefault);
+    alloc = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(mi));
+    ptr = alloc.Alloc(bytes);
+  }
+  // Freed after the launches: ORT's CUDA allocator hands memory back in stream order (the same
+  // contract as its own kernels' scratch buffers).
+  ~Scratch() {
+    if (ptr) alloc.Free(ptr);
+  }
+  Ort::Allocator alloc;
+  void* ptr = nullptr;
+};
+
+template <typename Op, typename Kernel>
+struct CudaOpBase : ort::OpBase<Op, Kernel> {
+  const char* GetExecutionProviderType() const { return kCudaEP; }
+};
+
+// ------------------------------------------------------------------------------------ Encode
+struct EncodeKernel {
+  explicit EncodeKernel(const OrtKernelInfo* info)
+      : name_("TurboQuantEncode (CUDA) '" + ort::node_name(info) + "'") {
+    if (!ort::has_attr(info, "bits")) ort::fail("attribute 'bits' is required (one of 1, 2, 3, 4, 8)");
+    bits_ = ort::attr_int(info, "bits", -1);
+    use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
+  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Input x = ort::get_input(ctx, 0, "x"), rot = ort::get_input(ctx, 1, "rotation");
+    Input cb = ort::get_input(ctx, 2, "codebook"), qjl = opt_input(ctx, 3, "qjl_matrix");
+    const int d = rotation_dim(rot);
+    const int bits = codebook_bits(cb);
+    if (bits != bits_) cb.fail_expected("2^bits entries with bits=" + str(bits_) + " (the attribute)");
+    const int m = qjl_rows(qjl, d, use_qjl_ != 0);
+    x.require(x.type == kF32 || x.type == kF16 || x.type == kBF16, "dtype float32, float16 or bfloat16");
+    x.require(x.rank() >= 1 && x.dim(-1) == d, "shape [..., " + str(d) + "] (d from rotation)");
+    std::vector<int64_t> oshape(x.shape);
+    oshape.back() = tq_cuda_row_bytes(d, bits, int(use_qjl_), m);
+    auto out = ctx.GetOutput(0, oshape);
+    const int64_t n = x.numel() / d;
+    if (n == 0) return;
+    check(tq_cuda_encode(x.data, dtype_code(x.type), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,
+                         int(use_qjl_), use_qjl_ ? qjl.ptr<float>() : nullptr, m,
+                         out.GetTensorMutableData<uint8_t>(), ctx.GetGPUComputeStream()),
+          name_);
+  }
+  std::string name_;
+  int64_t bits_ = 0, use_qjl_ = 0;
+};
+
+struct EncodeOp : CudaOpBase<EncodeOp, EncodeKernel> {
+  const char* GetName() const { return "TurboQuantEncode"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ElemType GetInputType(size_t) const { return kAny; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ElemType GetOutputType(size_t) const { return kU8; }
+};
+
+// ------------------------------------------------------------------------------------ Decode
+struct DecodeKernel {
+  explicit DecodeKernel(const OrtKernelInfo* info)
+      : name_("TurboQuantDecode (CUDA) '" + ort::node_name(info) + "'") {
+    use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
+    od_ = ort::attr_int(info, "output_dtype", 1);
+    if (od_ != 1 && od_ != 10 && od_ != 16)
+      ort::fail("attribute output_dtype=" + str(od_) + ": expected 1 (float32), 10 (float16) or 16 (bfloat16)");
+    ElemType declared = Ort::ConstKernelInfo(info).GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
+    if (dtype_code(declared) != od_)
+      ort::fail(std::string("output 'x_hat' is declared ") + ort::type_name(declared) + " in the model but output_dtype=" +
+                str(od_));
+  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Input rows = ort::get_input(ctx, 0, "rows"), rot = ort::get_input(ctx, 1, "rotation");
+    Input cb = ort::get_input(ctx, 2, "codebook"), qjl = opt_input(ctx, 3, "qjl_matrix");
+    const int d = rotation_dim(rot);
+    const int bits = codebook_bits(cb);
+    const int m = qjl_rows(qjl, d, use_qjl_ != 0);
+    const int rb = tq_cuda_row_bytes(d, bits, int(use_qjl_), m);
+    rows.require_type(kU8);
+    rows.require(rows.rank() >= 1 && rows.dim(-1) == rb,
+                 "shape [..., " + str(rb) + "] (row_bytes for d=" + str(d) + ", bits=" + str(bits) +
+                     ", use_qjl=" + str(use_qjl_) + ")");
+    std::vector<int64_t> oshape(rows.shape);
+    oshape.back() = d;
+    auto out = ctx.GetOutput(0, oshape);
+    const int64_t n = rows.numel() / rb;
+    if (n == 0) return;
+    check(tq_cuda_decode(rows.ptr<uint8_t>(), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,
+                         int(use_qjl_), m, out.GetTensorMutableRawData(), int(od_), ctx.GetGPUComputeStream()),
+          name_);
+  }
+  std::string name_;
+  int64_t use_qjl_ = 0, od_ = 1;
+};
+
+struct DecodeOp : CudaOpBase<DecodeOp, DecodeKernel> {
+  const char* GetName() const { return "TurboQuantDecode"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ElemType GetInputType(size_t i) const { return i == 0 ? kU8 : kF32; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ElemType GetOutputType(size_t) const { return kAny; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_OPTIONAL; }
+};
+
+// --------------------------------------------------------------------------------- Attention
+enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos,
+          kSin, kNumIn };
+const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
+                                      "total_sequence_length", "rotation", "key_codebook", "value_codebook",
+                                      "qjl_matrix", "cos_cache", "sin_cache"};
+
+struct AttentionKernel {
+  explicit AttentionKernel(const OrtKernelInfo* info)
+      : name_("TurboQuantAttention (CUDA) '" + ort::node_name(info) + "'") {
+    hq_ = ort::attr_int(info, "num_heads", 0);
+    hkv_ = ort::attr_int(info, "kv_num_heads", 0);
+    if (hq_ <= 0 || hkv_ <= 0 || hq_ % hkv_)
+      ort::fail("attributes num_heads=" + str(hq_) + ", kv_num_heads=" + str(hkv_) +
+                ": expected positive, num_heads a multiple of kv_num_heads");
+    scale_ = ort::attr_float(info, "scale", 0.0f);
+    softcap_ = ort::attr_float(info, "softcap", 0.0f);
+    key_bits_ = ort::attr_int(info, "key_bits", -1);
+    value_bits_ = ort::attr_int(info, "value_bits", -1);
+    use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    do_rotary_ = ort::attr_int(info, "do_rotary", 0);
+    window_ = ort::attr_int(info, "local_window_size", -1);
+    if (!(softcap_ >= 0.0f)) ort::fail("attribute softcap: expected >= 0");
+  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Input in[kNumIn];
+    for (size_t i = 0; i < kNumIn; ++i)
+      in[i] = i >= kValueCb ? opt_input(ctx, i, kInNames[i]) : ort::get_input(ctx, i, kInNames[i]);
+    const Input &q = in[kQuery], &k = in[kKey], &v = in[kValue], &pk = in[kPastKey], &pv = in[kPastValue];
+    const Input &sl = in[kSeqlens], &tot = in[kTotal];
+    const int d = rotation_dim(in[kRotation]);
+    const int kb = codebook_bits(in[kKeyCb]);
+    if (key_bits_ >= 0 && kb != key_bits_) in[kKeyCb].fail_expected("2^key_bits entries (key_bits=" + str(key_bits_) + ")");
+    const bool keys_only = value_bits_ == 0 || !in[kValueCb].present;
+    const int vb = keys_only ? 0 : codebook_bits(in[kValueCb]);
+    if (!keys_only && value_bits_ >= 0 && vb != value_bits_)
+      in[kValueCb].fail_expected("2^value_bits entries (value_bits=" + str(value_bits_) + ")");
+    const int m = qjl_rows(in[kQjl], d, use_qjl_ != 0);
+    q.require(q.type == kF32 || q.type == kF16 || q.type == kBF16, "dtype float32, float16 or bfloat16");
+    q.require(q.rank() == 3 && q.dim(2) == hq_ * d, "shape [B, S, " + str(hq_) + "*" + str(d) + "]");
+    const int64_t B = q.dim(0), S = q.dim(1);
+    for (const Input* x : {&k, &v}) {
+      x->require(x->type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (the query's)");
+      x->require(x->rank() == 3 && x->dim(0) == B && x->dim(1) == S && x->dim(2) == hkv_ * d,
+                 "shape [" + str(B) + ", " + str(S) + ", " + str(hkv_ * d) + "]");
+    }
+    const int Rk = tq_cuda_row_bytes(d, kb, int(use_qjl_), m);
+    pk.require_type(kU8);
+    pk.require(pk.rank() == 4 && pk.dim(0) == B && pk.dim(1) == hkv_ && pk.dim(3) == Rk,
+               "uint8 [" + str(B) + ", " + str(hkv_) + ", P, " + str(Rk) + "]");
+    const int64_t P = pk.dim(2);
+    const int64_t Rv = keys_only ? d : tq_cuda_row_bytes(d, vb, 0, 0);
+    if (keys_only) pv.require(pv.type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (value_bits=0)");
+    else pv.require_type(kU8);
+    pv.require(pv.rank() == 4 && pv.dim(0) == B && pv.dim(1) == hkv_ && pv.dim(2) == P && pv.dim(3) == Rv,
+               "[" + str(B) + ", " + str(hkv_) + ", " + str(P) + ", " + str(Rv) + "]");
+    sl.require_type(kI32);
+    sl.require(sl.rank() == 1 && sl.dim(0) == B, "int32 [" + str(B) + "]");
+    tot.require_type(kI32);
+    tot.require(tot.numel() == 1 && tot.rank() <= 1, "a scalar or [1] (on the CPU)");
+    const int64_t total = *tot.ptr<int32_t>();
+    tot.require(total >= 1, "a value >= 1");
+    const int64_t Pp = std::max<int64_t>(P, total);
+    int64_t max_pos = 0;
+    if (do_rotary_) {
+      for (int c : {kCos, kSin}) {
+        const Input& cs = in[c];
+        cs.require(cs.present && cs.type == q.type && cs.rank() == 2 && cs.dim(1) == d / 2,
+                   std::string(ort::type_name(q.type)) + " [max_pos, " + str(d / 2) + "] (do_rotary=1)");
+      }
+      max_pos = in[kCos].dim(0);
+    }
+    auto out = ctx.GetOutput(0, {B, S, hq_ * d});
+    auto prk = ctx.GetOutput(1, {B, hkv_, Pp, int64_t(Rk)});
+    auto prv = ctx.GetOutput(2, {B, hkv_, Pp, Rv});
+    TqAttnParams p{};
+    p.query = q.data;
+    p.key = k.data;
+    p.value = v.data;
+    p.past_key = pk.data;
+    p.past_value = pv.data;
+    p.present_key = prk.GetTensorMutableRawData();
+    p.present_value = prv.GetTensorMutableRawData();
+    p.seqlens_k = sl.ptr<int32_t>();
+    p.rotation = in[kRotation].ptr<float>();
+    p.key_codebook = in[kKeyCb].ptr<float>();
+    p.value_codebook = keys_only ? nullptr : in[kValueCb].ptr<float>();
+    p.qjl = use_qjl_ ? in[kQjl].ptr<float>() : nullptr;
+    p.cos_cache = do_rotary_ ? in[kCos].data : nullptr;
+    p.sin_cache = do_rotary_ ? in[kSin].data : nullptr;
+    p.output = out.GetTensorMutableRawData();
+    p.dtype = dtype_code(q.type);
+    p.B = B;
+    p.S = S;
+    p.Hq = hq_;
+    p.Hkv = hkv_;
+    p.d = d;
+    p.P = P;
+    p.Pp = Pp;
+    p.rot_rank = in[kRotation].rank();
+    p.key_bits = kb;
+    p.value_bits = vb;
+    p.use_qjl = use_qjl_;
+    p.m = m;
+    p.do_rotary = do_rotary_;
+    p.max_pos = max_pos;
+    p.local_window = window_;
+    p.scale = scale_;
+    p.softcap = softcap_;
+    if (B == 0 || S == 0) return;
+    Scratch ws(ctx, tq_cuda_attention_workspace(&p));
+    check(tq_cuda_attention(&p, ws.ptr, tq_cuda_attention_workspace(&p), ctx.GetGPUComputeStream()), name_);
+  }
+
+  std::string name_;
+  int64_t hq_ = 0, hkv_ = 0, key_bits_ = -1, value_bits_ = -1, use_qjl_ = 0, do_rotary_ = 0, window_ = -1;
+  float scale_ = 0.f, softcap_ = 0.f;
+};
+
+template <ElemType T, bool kKeysOnly>
+struct AttentionOp : CudaOpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
+  const char* GetName() const { return "TurboQuantAttention"; }
+  size_t GetInputTypeCount() const { return kNumIn; }
+  ElemType GetInputType(size_t i) const {
+    switch (i) {
+      case kQuery: return T;
+      case kPastKey: return kU8;
+      case kPastValue: return kKeysOnly ? kAny : kU8;
+      case kSeqlens: case kTotal: return kI32;
+      case kRotation: case kKeyCb: case kValueCb: case kQjl: return kF32;
+      default: return kAny;
+    }
+  }
+  OrtMemType GetInputMemoryType(size_t i) const {
+    return i == kTotal ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i >= kValueCb ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 3; }
+  ElemType GetOutputType(size_t i) const { return i == 0 ? T : (i == 1 ? kU8 : (kKeysOnly ? T : kU8)); }
+};
+
+}  // namespace
+
+void RegisterCudaOps(Ort::CustomOpDomain& domain) {
+  static EncodeOp enc;
+  static DecodeOp dec;
+  static AttentionOp<kF32, false> f32;
+  static AttentionOp<kF16, false> f16;
+  static AttentionOp<kBF16, false> bf16;
+  static AttentionOp<kF32, true> f32_ko;
+  static AttentionOp<kF16, true> f16_ko;
+  static AttentionOp<kBF16, true> bf16_ko;
+  for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{&enc, &dec, &f32, &f16, &bf16, &f32_ko,
+                                                                         &f16_ko, &bf16_ko})
+    domain.Add(op);
+}
+
+}  // namespace tq

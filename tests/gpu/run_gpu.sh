@@ -1,0 +1,44 @@
+#!/bin/bash
+# One device call: build the kernel library, run the kernel tests (full sweep), the quick sweep
+# under compute-sanitizer memcheck, and optionally the benchmark. Logs under $OUT (or build/gpu/out).
+#   tests/gpu/run_gpu.sh [build] [test] [sanitize] [bench] [ort]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-build/gpu/out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+steps="${*:-build test sanitize}"
+rc=0
+for s in $steps; do
+  case $s in
+    build) { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1;
+             time tests/gpu/build.sh; } > "$OUT/build.log" 2>&1 || { rc=1; tail -40 "$OUT/build.log"; }
+           grep -A1 "decode_split_kernel" build/gpu/tq_attention.ptxas.log | grep -E "registers|spill" | head -8 ;;
+    test) python3 tests/gpu/test_kernels.py > "$OUT/test.log" 2>&1 || rc=1; grep -E "FAIL|passed" "$OUT/test.log" | tail -25 ;;
+    sanitize) timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
+                > "$OUT/sanitize.log" 2>&1; src=$?; echo "sanitizer rc=$src"; [ $src -ne 0 ] && rc=1
+              grep -E "ERROR SUMMARY|passed|Invalid|FAIL" "$OUT/sanitize.log" | head -12 ;;
+    ortbuild) { cmake -S . -B build/ort -DCMAKE_BUILD_TYPE=Release -DTQ_ORT_INCLUDE_DIR="$PWD/.device/ort-include" \
+                  -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build/ort -j16; } > "$OUT/ortbuild.log" 2>&1 \
+                || { rc=1; tail -30 "$OUT/ortbuild.log"; }; ls -la build/ort/libtq_ort_ops.so ;;
+    ortunpack) mkdir -p /tmp/ortgpu && cat /tmp/parts/part0* | .device/zstd -d -q | tar xf - -C /tmp/ortgpu \
+                && PYTHONPATH=/tmp/ortgpu python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())" ;;
+    orttest) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIBRARY=$PWD/build/ort/libtq_ort_ops.so python3 -m pytest -q -p no:cacheprovider \
+               tests/test_cuda_ops.py > "$OUT/orttest.log" 2>&1 || rc=1; tail -15 "$OUT/orttest.log" ;;
+    ncu) timeout 300 ncu --clock-control none -k regex:decode_split -c 2 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+           --section WarpStateStats --section LaunchStats --section Occupancy python3 benchmarks/gpu/profile_decode.py \
+           > "$OUT/ncu.log" 2>&1 || rc=1; grep -E "Duration|Throughput|Memory \[|Registers|Achieved Occ|Stall|Warp Cycles|Block Limit|Theoretical Occ" "$OUT/ncu.log" | head -40 ;;
+    benchort) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIB=$PWD/build/ort/libtq_ort_ops.so python3 benchmarks/gpu/bench_attention.py \
+           > "$OUT/bench_ort.log" 2>&1 || rc=1; tail -30 "$OUT/bench_ort.log" ;;
+    sass) cuobjdump -sass -arch sm_90 build/gpu/tq_attention.o > "$OUT/sass_all.txt" 2>&1;
+          python3 - "$OUT/sass_all.txt" > "$OUT/sass_decode128_b4.txt" <<'PY'
+import sys
+t = open(sys.argv[1]).read().split("Function : ")
+for f in t:
+    if f.startswith("_ZN2tq4cuda19decode_split_kernelILi128ELb0ELb0ELb1E"):
+        print(f)
+PY
+          rm -f "$OUT/sass_all.txt"; grep -cE "HMMA|LDS" "$OUT/sass_decode128_b4.txt" ;;
+    bench) python3 benchmarks/gpu/bench_attention.py > "$OUT/bench.log" 2>&1 || rc=1; tail -60 "$OUT/bench.log" ;;
+  esac
+done
+exit $rc
