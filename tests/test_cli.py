@@ -11,7 +11,7 @@ import pytest
 from tiny_exports import library_has_attention, tiny_export
 from tq_ort.cli import build_parser, main
 
-SUBCOMMANDS = ["export", "rewrite", "generate", "inspect"]
+SUBCOMMANDS = ["export", "rewrite", "generate", "inspect", "eval"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -21,12 +21,23 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
                    "negative counts from the end (e.g. 0,1,-2,-1)")
     g.add_argument("--protect-bits", type=int, default=8, help="bits for protected layers (default 8)")
     g.add_argument("--seed", type=int, default=0, help="seed of the rotations and QJL matrices (default 0)")
+    g.add_argument("--preset", help="a named configuration chosen from the quality sweep (docs/quality.md); "
+                   "overrides the bit flags. See tq_ort/presets.py for the names and the numbers behind them")
 
 
 def _config(a: argparse.Namespace):
     from graph_passes import TQConfig
 
     layers = tuple(int(x) for x in a.protect_layers.split(",") if x.strip()) if a.protect_layers else ()
+    if getattr(a, "preset", None):
+        from .presets import PRESETS
+
+        if a.preset not in PRESETS:
+            raise ValueError(f"--preset {a.preset!r}: expected one of {sorted(PRESETS) or 'none defined yet'}")
+        kw = {k: (tuple(v) if k == "protect_layers" else v) for k, v in PRESETS[a.preset]["config"].items()}
+        cfg = TQConfig(**{"seed": a.seed, **kw})
+        cfg.validate()
+        return cfg
     cfg = TQConfig(key_bits=a.key_bits, value_bits=a.value_bits, use_qjl=a.qjl, keys_only=a.keys_only,
                    protect_layers=layers, protect_bits=a.protect_bits, seed=a.seed)
     cfg.validate()
@@ -169,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(fn=cmd_inspect)
+
+    from .cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
