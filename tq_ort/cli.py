@@ -30,11 +30,9 @@ def _config(a: argparse.Namespace):
 
     layers = tuple(int(x) for x in a.protect_layers.split(",") if x.strip()) if a.protect_layers else ()
     if getattr(a, "preset", None):
-        from .presets import PRESETS
+        from .presets import preset_config
 
-        if a.preset not in PRESETS:
-            raise ValueError(f"--preset {a.preset!r}: expected one of {sorted(PRESETS) or 'none defined yet'}")
-        kw = {k: (tuple(v) if k == "protect_layers" else v) for k, v in PRESETS[a.preset]["config"].items()}
+        kw = {k: (tuple(v) if k == "protect_layers" else v) for k, v in preset_config(a.preset).items()}
         cfg = TQConfig(**{"seed": a.seed, **kw})
         cfg.validate()
         return cfg

@@ -729,7 +729,7 @@ def markdown_report(record: dict) -> str:
         f"- texts: {texts}",
         f"- perplexity: windows of {st['context']} tokens, fresh cache per window, fed {st['chunk']} token(s) per step "
         f"({'true decoding' if st['chunk'] == 1 else 'tokens within a chunk see each other uncompressed: optimistic'}), "
-        f"{st['batch']} windows per batch",
+        f"{min(st['batch'], sum(t['windows'] for t in record['texts']))} windows decoded together as one batch",
         f"- greedy: {st['gen_prompts']} prompts of {st['prompt_tokens']} tokens from the same texts (after the "
         f"perplexity region), {st['gen_tokens']} tokens; agreement = variant's greedy token == original's when fed the "
         f"original's tokens; 1st divergence = first position where they differ (= where free-running greedy "

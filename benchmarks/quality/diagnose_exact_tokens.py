@@ -1,6 +1,8 @@
-"""Diagnostic: would keeping a few tokens uncompressed close the gap? (attention sinks / recent window)
+"""Diagnostic: what would close the gap? Tokens kept uncompressed (attention sinks, a recent window)
+or code widths the op does not have (5, 6 bits).
 
-    python benchmarks/quality/diagnose_exact_tokens.py --bits 4,4 --sinks 0,1,4 --recent 0,32
+    python benchmarks/quality/diagnose_exact_tokens.py --bits 4,4 --sinks 0,1,4 --recent 0,32 --with-op
+    python benchmarks/quality/diagnose_exact_tokens.py --bits "5,3;6,3;6,2" --any-bits
 
 NOT the headline method. The headline numbers (sweep.py, `tq-ort eval`) run the rewritten graph
 and the TurboQuantAttention op. The op has no option to keep tokens uncompressed, so this script
@@ -95,7 +97,9 @@ def run(ref: quality.Reference, src: Path, kb: int, vb: int, sinks: int, recent:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--bits", default="4,4", help="key,value bits (default 4,4)")
+    p.add_argument("--bits", default="4,4", help="key,value bits; several as 'k,v;k,v' (default 4,4)")
+    p.add_argument("--any-bits", action="store_true", help="allow code widths the op lacks (5, 6, 7): "
+                   "Lloyd-Max codebooks computed the same way (hypothetical configurations)")
     p.add_argument("--sinks", default="0,1,4", help="first tokens kept exact (comma list)")
     p.add_argument("--recent", default="0", help="last tokens kept exact (comma list)")
     p.add_argument("--texts", default="ptb:1024,alice:1024")
@@ -104,7 +108,9 @@ def main(argv=None) -> int:
     p.add_argument("--with-op", action="store_true", help="also run the real op at the same chunk (sinks=0)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks/quality/results"))
     a = p.parse_args(argv)
-    kb, vb = (int(x) for x in a.bits.split(","))
+    pairs = [tuple(int(x) for x in kv.split(",")) for kv in a.bits.split(";")]
+    if a.any_bits:
+        sys.modules["tq_ort.codec.codebook"].SUPPORTED_BITS = tuple(range(1, 9))  # the package shadows the name
     model_dir = quality.resolve_model_dir(a.model)
     from tq_ort.export import exported_model
 
@@ -112,25 +118,28 @@ def main(argv=None) -> int:
     st = quality.EvalSettings(texts=tuple(a.texts.split(",")), context=a.context, chunk=a.chunk, gen_prompts=0)
     data = quality.build_data(quality.load_tokenizer(model_dir), st)
     ref = quality.Reference(src, data, st, progress=False)
-    out = {"model": model_dir.name, "bits": [kb, vb], "texts": a.texts, "context": a.context, "chunk": a.chunk,
+    out = {"model": model_dir.name, "bits": pairs, "texts": a.texts, "context": a.context, "chunk": a.chunk,
            "command": " ".join(sys.argv), "method": "hybrid: float ORT model + numpy TurboQuant round trip of "
            "the cache rows (diagnostic)", "rows": []}
-    if a.with_op:
-        rec = quality.run_eval(model_dir, [quality.Variant.turboquant(key_bits=kb, value_bits=vb)], st,
-                               progress=False, log=lambda *x: None)
-        r = rec["results"][0]
-        out["op"] = {"ppl_delta_pct": r["ppl_delta_pct"]["all"], "kl": r["kl"]["all"]}
-        print(f"op     K{kb}V{vb}: ppl {r['ppl_delta_pct']['all']:+.2f}%  KL {r['kl']['all']:.4f}")
-    for sinks in (int(x) for x in a.sinks.split(",")):
-        for recent in (int(x) for x in a.recent.split(",")):
-            t = time.time()
-            d, k = run(ref, src, kb, vb, sinks, recent, a.chunk)
-            out["rows"].append({"sinks": sinks, "recent": recent, "ppl_delta_pct": d, "kl": k})
-            print(f"hybrid K{kb}V{vb} sinks {sinks:>3} recent {recent:>3}: ppl {d:+.2f}%  KL {k:.4f}  "
-                  f"({time.time() - t:.0f} s)", flush=True)
+    out["op"] = []
+    for kb, vb in pairs:
+        if a.with_op and kb in (1, 2, 3, 4, 8) and vb in (1, 2, 3, 4, 8):
+            rec = quality.run_eval(model_dir, [quality.Variant.turboquant(key_bits=kb, value_bits=vb)], st,
+                                   progress=False, log=lambda *x: None)
+            r = rec["results"][0]
+            out["op"].append({"bits": [kb, vb], "ppl_delta_pct": r["ppl_delta_pct"]["all"], "kl": r["kl"]["all"]})
+            print(f"op     K{kb}V{vb}: ppl {r['ppl_delta_pct']['all']:+.2f}%  KL {r['kl']['all']:.4f}", flush=True)
+        for sinks in (int(x) for x in a.sinks.split(",")):
+            for recent in (int(x) for x in a.recent.split(",")):
+                t = time.time()
+                d, k = run(ref, src, kb, vb, sinks, recent, a.chunk)
+                out["rows"].append({"bits": [kb, vb], "sinks": sinks, "recent": recent, "ppl_delta_pct": d, "kl": k})
+                print(f"hybrid K{kb}V{vb} sinks {sinks:>3} recent {recent:>3}: ppl {d:+.2f}%  KL {k:.4f}  "
+                      f"({time.time() - t:.0f} s)", flush=True)
     res = Path(a.results_dir)
     res.mkdir(parents=True, exist_ok=True)
-    stem = f"exact-tokens-{quality._slug(model_dir.name)}-K{kb}V{vb}-chunk{a.chunk}"
+    tag = "_".join(f"K{kb}V{vb}" for kb, vb in pairs)
+    stem = f"diagnose-{quality._slug(model_dir.name)}-{tag}-chunk{a.chunk}"
     (res / f"{stem}.json").write_text(json.dumps(out, indent=1))
     return 0
 

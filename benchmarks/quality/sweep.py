@@ -29,7 +29,7 @@ from tq_ort import quality  # noqa: E402
 
 SMOLLM2 = [
     # TurboQuant, K and V bits separately
-    "K8V8", "K4V4", "K4V3", "K3V3", "K4V2", "K3V2", "K2V2", "K8V4", "K4V8", "K3V4",
+    "K8V8", "K4V4", "K4V3", "K3V3", "K4V2", "K3V2", "K2V2", "K8V4", "K4V8", "K3V4", "K8V3",
     # first and last two layers at 8 bits
     "K4V4+protect", "K4V3+protect", "K3V3+protect", "K4V2+protect", "K3V2+protect", "K2V2+protect",
     # QJL: key_bits b = (b-1)-bit codes + 1-bit sketch
@@ -39,7 +39,8 @@ SMOLLM2 = [
     # what a user would pick instead at the same bytes
     "int8", "int4", "int3", "int2",
 ]
-GEMMA = ["K8V8", "K4V4", "K4V3", "K3V3", "K4V2", "K3V2", "K4V4+qjl", "K3V3+protect", "int8", "int4", "int3"]
+GEMMA = ["K8V8", "K4V4", "K4V3", "K3V3", "K4V2", "K3V2", "K4V4+qjl", "K3V3+protect", "int8", "int4", "int3",
+         "K8V4", "K8V3", "K4+keys"]
 DEFAULTS = {
     "smollm2": dict(variants=SMOLLM2, texts="ptb:2048,alice:1024,wiki:1024", context=512,
                     plot="docs/quality.png"),
