@@ -53,6 +53,10 @@ class GraphBuilder:
                   self.codebook(plan.head_dim, plan.key_bits),
                   self.codebook(plan.head_dim, plan.value_bits) if plan.value_bits else None,
                   self.qjl(plan) if plan.use_qjl else None, cos, sin]
+        rings = [(plan.past_key_recent, plan.present_key_recent),
+                 (plan.past_value_recent, plan.present_value_recent)] if plan.recent_window else []
+        rings = [r for r in rings if r[0]]
+        inputs += [self._ring_input(plan, name, past_key) for name, _ in rings]
         while inputs[-1] is None:
             inputs.pop()
         attrs = {
@@ -66,8 +70,24 @@ class GraphBuilder:
             "local_window_size": ir.AttrInt64("local_window_size", plan.window),
             "softcap": ir.AttrFloat32("softcap", float(softcap)),
         }
-        return self.node("TurboQuantAttention", inputs, attrs, domain=DOMAIN, num_outputs=3,
+        if plan.recent_window:
+            attrs["recent_window"] = ir.AttrInt64("recent_window", plan.recent_window)
+        outs = self.node("TurboQuantAttention", inputs, attrs, domain=DOMAIN, num_outputs=3 + len(rings),
                          name=name or f"tq/layer{plan.layer}/TurboQuantAttention")
+        for (past_name, present_name), out in zip(rings, outs[3:]):
+            ring_in = inputs[13 + rings.index((past_name, present_name))]
+            out.name, out.type, out.shape = present_name, ring_in.type, ring_in.shape
+            self.graph.outputs.append(out)
+        return outs[:3]
+
+    def _ring_input(self, plan: LayerPlan, name: str, past_key: ir.Value) -> ir.Value:
+        """A graph input for an exact recent-window ring: the model's float dtype, [B, Hkv, R, d]."""
+        batch = past_key.shape[0] if past_key.shape is not None else "batch_size"
+        dtype = {"float32": ir.DataType.FLOAT, "float16": ir.DataType.FLOAT16}[plan.recent_dtype]
+        v = ir.Value(name=name, type=ir.TensorType(dtype),
+                     shape=ir.Shape([batch, plan.kv_heads, plan.recent_window, plan.head_dim]))
+        self.graph.inputs.append(v)
+        return v
 
     # -- layout plumbing ----------------------------------------------------------------------
     def bnsh_to_bsh(self, v: ir.Value, heads: int, d: int) -> ir.Value:

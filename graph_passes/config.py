@@ -8,6 +8,7 @@ from tq_ort import codec
 
 METADATA_KEY = "turboquant.config"
 SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 256)
+MAX_RECENT_WINDOW = 4096
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class TQConfig:
     protect_bits: int = 8
     seed: int = 0
     windows: dict[int, int] = field(default_factory=dict)  # layer -> sliding window (tokens)
+    recent_window: int = 0  # the last R cached tokens also kept exact in a float ring (0 = off)
 
     def validate(self) -> None:
         ok = codec.SUPPORTED_BITS
@@ -32,6 +34,9 @@ class TQConfig:
             raise ValueError(f"value_bits={self.value_bits}: expected one of {ok}")
         if self.protect_bits not in ok:
             raise ValueError(f"protect_bits={self.protect_bits}: expected one of {ok}")
+        if not isinstance(self.recent_window, int) or not 0 <= self.recent_window <= MAX_RECENT_WINDOW:
+            raise ValueError(f"recent_window={self.recent_window}: expected an integer in 0..{MAX_RECENT_WINDOW} "
+                             "(tokens kept exact besides their compressed rows; 0 = off)")
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,22 @@ class LayerPlan:
     past_value: str
     present_key: str
     present_value: str
+    # exact recent window (docs/ops.md 4): float rings [B, Hkv, R, d] beside the rows; "" / 0 when off
+    recent_window: int = 0
+    recent_dtype: str = ""  # the model's float dtype ("float32" / "float16")
+    past_key_recent: str = ""
+    past_value_recent: str = ""  # "" also when values are not compressed (keys-only)
+    present_key_recent: str = ""
+    present_value_recent: str = ""
+
+
+def ring_name(cache_name: str) -> str:
+    """past_key_values.3.key -> past_key_values.3.key_recent (present.3.value -> present.3.value_recent)."""
+    return cache_name + "_recent"
 
 
 def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_heads: int, num_heads: int,
-               names: tuple[str, str, str, str]) -> LayerPlan:
+               names: tuple[str, str, str, str], float_dtype: str = "float32") -> LayerPlan:
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"layer {layer}: head_dim {head_dim} unsupported; expected one of {SUPPORTED_HEAD_DIMS}")
     protected = {p % n_layers for p in cfg.protect_layers}
@@ -65,11 +82,18 @@ def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_he
     qjl = cfg.use_qjl and layer not in protected
     code_bits = kb - 1 if qjl else kb
     m = head_dim if qjl else 0
+    R = cfg.recent_window
+    ring = {}
+    if R:
+        ring = dict(recent_window=R, recent_dtype=float_dtype, past_key_recent=ring_name(names[0]),
+                    present_key_recent=ring_name(names[2]))
+        if vb:
+            ring.update(past_value_recent=ring_name(names[1]), present_value_recent=ring_name(names[3]))
     return LayerPlan(
         layer=layer, head_dim=head_dim, kv_heads=kv_heads, num_heads=num_heads, key_bits=code_bits,
         value_bits=vb, use_qjl=qjl, qjl_dim=m, key_row_bytes=codec.row_bytes(head_dim, code_bits, qjl, m or None),
         value_row_bytes=codec.row_bytes(head_dim, vb) if vb else 0, window=cfg.windows.get(layer, -1),
-        past_key=names[0], past_value=names[1], present_key=names[2], present_value=names[3])
+        past_key=names[0], past_value=names[1], present_key=names[2], present_value=names[3], **ring)
 
 
 def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buffer_ok: bool) -> str:
@@ -79,7 +103,7 @@ def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buf
         "source": source,
         "requested": {"key_bits": cfg.key_bits, "value_bits": cfg.value_bits, "use_qjl": cfg.use_qjl,
                       "keys_only": cfg.keys_only, "protect_layers": list(cfg.protect_layers),
-                      "protect_bits": cfg.protect_bits},
+                      "protect_bits": cfg.protect_bits, "recent_window": cfg.recent_window},
         "shared_buffer_ok": shared_buffer_ok,
         "layers": [asdict(p) for p in plans],
     })

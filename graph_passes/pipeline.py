@@ -88,7 +88,8 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
         if not hq:
             raise RewriteError(f"layer {io.layer}: number of query heads unknown; pass num_attention_heads "
                                "(config.json beside the model)")
-        plan = plan_layer(cfg, io.layer, n, head_dim=d, kv_heads=kvh, num_heads=int(hq), names=io.names)
+        plan = plan_layer(cfg, io.layer, n, head_dim=d, kv_heads=kvh, num_heads=int(hq), names=io.names,
+                          float_dtype=_float_dtype(io))
         plans.append(plan)
         retype_cache(graph, io, plan.key_row_bytes, plan.value_row_bytes)
     seqlens = total = None
@@ -108,6 +109,15 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
     shared_ok = _past_shape_unused(graph, ios)
     model.metadata_props[METADATA_KEY] = metadata_json(cfg, plans, source, shared_ok)
     return model
+
+
+def _float_dtype(io) -> str:
+    """The cache's float dtype (before retyping): the exact recent-window rings keep it."""
+    dt = io.past_value.dtype or io.past_key.dtype
+    names = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16"}
+    if dt is not None and dt not in names:
+        raise RewriteError(f"layer {io.layer}: {io.past_key.name} dtype {dt}: expected float32 or float16")
+    return names.get(dt, "float32")
 
 
 def _match_all(rule, ios, hf) -> tuple[dict, dict]:

@@ -20,6 +20,10 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--protect-layers", default="", help="comma-separated layers kept at --protect-bits, "
                    "negative counts from the end (e.g. 0,1,-2,-1)")
     g.add_argument("--protect-bits", type=int, default=8, help="bits for protected layers (default 8)")
+    g.add_argument("--recent-window", type=int, default=0, metavar="R",
+                   help="also keep the last R cached tokens exact, in a fixed float ring beside the compressed rows "
+                   "(costs R tokens of float cache; the biggest quality lever on small models, docs/quality.md; "
+                   "CPU execution provider only for now; default 0 = off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the rotations and QJL matrices (default 0)")
     g.add_argument("--preset", help="a named configuration chosen from the quality sweep (docs/quality.md); "
                    "overrides the bit flags. See tq_ort/presets.py for the names and the numbers behind them")
@@ -33,11 +37,11 @@ def _config(a: argparse.Namespace):
         from .presets import preset_config
 
         kw = {k: (tuple(v) if k == "protect_layers" else v) for k, v in preset_config(a.preset).items()}
-        cfg = TQConfig(**{"seed": a.seed, **kw})
+        cfg = TQConfig(**{"seed": a.seed, "recent_window": a.recent_window, **kw})
         cfg.validate()
         return cfg
     cfg = TQConfig(key_bits=a.key_bits, value_bits=a.value_bits, use_qjl=a.qjl, keys_only=a.keys_only,
-                   protect_layers=layers, protect_bits=a.protect_bits, seed=a.seed)
+                   protect_layers=layers, protect_bits=a.protect_bits, seed=a.seed, recent_window=a.recent_window)
     cfg.validate()
     return cfg
 

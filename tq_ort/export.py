@@ -58,6 +58,10 @@ def exported_model(model_dir: Path, source: str = "optimum") -> Path:
 def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, source: str = "optimum",
                        progress: bool = True) -> Path:
     """Run the whole export: returns out_dir/model.onnx (rewritten) with the tokenizer beside it."""
+    if source == "genai" and cfg.recent_window:
+        raise ValueError(f"recent_window={cfg.recent_window} with source 'genai': onnxruntime-genai's generator feeds "
+                         "only past_key_values.{i}.key/.value and would not carry the exact recent-window rings; "
+                         "use recent_window=0, or another source with tq_ort.session.DecoderSession")
     steps = tqdm(total=3, desc="tq-ort export", disable=not progress, unit="step")
     steps.set_postfix_str("model")
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()

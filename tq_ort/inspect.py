@@ -27,8 +27,19 @@ def memory(cfg: dict, context: int, batch: int = 1) -> dict:
                      "value_bytes_per_token": v, "fp16_bytes_per_token": 2 * h * layer["head_dim"] * 2})
     tq = sum(r["key_bytes_per_token"] + r["value_bytes_per_token"] for r in rows)
     fp16 = sum(r["fp16_bytes_per_token"] for r in rows)
-    return {"layers": rows, "bytes_per_token": tq, "fp16_bytes_per_token": fp16, "context": context, "batch": batch,
-            "cache_bytes": tq * context * batch, "fp16_cache_bytes": fp16 * context * batch, "compression": fp16 / tq}
+    fixed = sum(ring_bytes(layer) for layer in cfg["layers"])
+    return {"layers": rows, "bytes_per_token": tq, "fixed_bytes": fixed, "fp16_bytes_per_token": fp16,
+            "context": context, "batch": batch, "cache_bytes": (tq * context + fixed) * batch,
+            "fp16_cache_bytes": fp16 * context * batch, "compression": fp16 * context / (tq * context + fixed)}
+
+
+def ring_bytes(layer: dict) -> int:
+    """Bytes per batch row of a layer's exact recent-window rings (K, and V when compressed): fixed."""
+    R = layer.get("recent_window", 0)
+    if not R:
+        return 0
+    rings = 1 + bool(layer["past_value_recent"])
+    return rings * layer["kv_heads"] * R * layer["head_dim"] * (2 if layer["recent_dtype"] == "float16" else 4)
 
 
 def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: bool = False) -> str:
@@ -39,7 +50,8 @@ def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: 
     req = cfg["requested"]
     lines = [f"{model}: TurboQuant layout v{cfg['layout_version']}, source {cfg['source']}, seed {cfg['seed']}",
              f"requested: key_bits={req['key_bits']} value_bits={req['value_bits']} qjl={req['use_qjl']} "
-             f"keys_only={req['keys_only']} protect_layers={req['protect_layers']}@{req['protect_bits']}",
+             f"keys_only={req['keys_only']} protect_layers={req['protect_layers']}@{req['protect_bits']} "
+             f"recent_window={req.get('recent_window', 0)}",
              f"shared-buffer decoding: {'yes' if cfg['shared_buffer_ok'] else 'no (graph reads the past length)'}",
              "",
              f"{'layer':>5} {'K bits':>6} {'V bits':>6} {'K B/tok':>8} {'V B/tok':>8} {'fp16 B/tok':>10}"]
@@ -48,7 +60,9 @@ def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: 
                      f"{r['value_bits'] or 'float':>6} {r['key_bytes_per_token']:>8} {r['value_bytes_per_token']:>8} "
                      f"{r['fp16_bytes_per_token']:>10}")
     mib = 2 ** 20
-    lines += ["", f"bytes per token (all layers): {mem['bytes_per_token']} vs {mem['fp16_bytes_per_token']} in float16",
+    lines += ["", f"bytes per token (all layers): {mem['bytes_per_token']} vs {mem['fp16_bytes_per_token']} in float16"
+              + (f"; plus {mem['fixed_bytes']} bytes per sequence for the exact recent-window rings "
+                 f"({req.get('recent_window')} tokens)" if mem["fixed_bytes"] else ""),
               f"cache at {context} tokens x batch {batch}: {mem['cache_bytes'] / mib:.2f} MiB vs "
               f"{mem['fp16_cache_bytes'] / mib:.2f} MiB float16 ({mem['compression']:.2f}x smaller)"]
     return "\n".join(lines)

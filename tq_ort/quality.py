@@ -107,6 +107,8 @@ class Variant:
             return "TurboQuant + QJL"
         if c.protect_layers:
             return "TurboQuant, layers " + ",".join(map(str, c.protect_layers)) + f" at {c.protect_bits} bits"
+        if c.recent_window:
+            return f"TurboQuant, last {c.recent_window} tokens also exact"
         return "TurboQuant"
 
     @property
@@ -123,6 +125,8 @@ class Variant:
             s += " keys-only"
         if c.protect_layers:
             s += f" protect {','.join(map(str, c.protect_layers))}@{c.protect_bits}"
+        if c.recent_window:
+            s += f" recent{c.recent_window}"
         if c.seed:
             s += f" seed{c.seed}"
         return s
@@ -133,13 +137,17 @@ class Variant:
         if self.kind == "prebuilt":
             return {"kind": "prebuilt", "path": self.path}
         c = self.tq_config()
-        return {"kind": "turboquant", "key_bits": c.key_bits, "value_bits": 0 if c.keys_only else c.value_bits,
-                "use_qjl": c.use_qjl, "keys_only": c.keys_only, "protect_layers": list(c.protect_layers),
-                "protect_bits": c.protect_bits, "seed": c.seed}
+        d = {"kind": "turboquant", "key_bits": c.key_bits, "value_bits": 0 if c.keys_only else c.value_bits,
+             "use_qjl": c.use_qjl, "keys_only": c.keys_only, "protect_layers": list(c.protect_layers),
+             "protect_bits": c.protect_bits, "seed": c.seed}
+        if c.recent_window:  # only when set, so results cached before the option existed keep their keys
+            d["recent_window"] = c.recent_window
+        return d
 
 
 def parse_variant(spec: str) -> Variant:
-    """'K4V4', 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'int4', 'uniform4'."""
+    """'K4V4', 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'K4V4+recent64', 'int4',
+    'uniform4'."""
     s = spec.strip()
     low = s.lower()
     if low.startswith("int") or low.startswith("uniform"):
@@ -168,8 +176,10 @@ def parse_variant(spec: str) -> Variant:
             kw["protect_bits"] = bits
         elif o.startswith("seed"):
             kw["seed"] = int(o[4:].lstrip("="))
+        elif o.startswith("recent"):
+            kw["recent_window"] = int(o[6:].lstrip("="))
         else:
-            raise ValueError(f"variant {spec!r}: unknown option {o!r} (qjl, keys, protect[=L,L@B], seedN)")
+            raise ValueError(f"variant {spec!r}: unknown option {o!r} (qjl, keys, protect[=L,L@B], recentN, seedN)")
     return Variant.turboquant(**kw)
 
 
@@ -491,11 +501,13 @@ def _teacher_forced(sess, data: EvalData, ref_gen: np.ndarray, bar) -> dict:
 # --------------------------------------------------------------------------------------------
 # building variants
 # --------------------------------------------------------------------------------------------
-def bytes_of(variant: Variant, model_path: Path) -> dict:
+def bytes_of(variant: Variant, model_path: Path, context: int = 512) -> dict:
     """Bits per value (scales and QJL included) and compression vs float16, from the rewritten model.
 
     TurboQuant: from the metadata row_bytes (keys-only values counted as float16, as they would be
-    stored in a float16 deployment). Uniform baseline: analytic (b bits + fp16 scale and zero per row)."""
+    stored in a float16 deployment); exact recent-window rings (a fixed R tokens in float16) are
+    spread over `context` tokens, and `compression_at` gives the ratio at longer contexts.
+    Uniform baseline: analytic (b bits + fp16 scale and zero per row)."""
     import onnx
 
     m = onnx.load(str(model_path), load_external_data=False)
@@ -508,9 +520,17 @@ def bytes_of(variant: Variant, model_path: Path) -> dict:
             tq += h * (L["key_row_bytes"] + (L["value_row_bytes"] or 2 * d))
             fp16 += h * 4 * d
         values = sum(2 * L["kv_heads"] * L["head_dim"] for L in cfg["layers"])
-        return {"bits_per_value": 8 * tq / values, "bytes_per_token": tq, "fp16_bytes_per_token": fp16,
-                "compression": fp16 / tq, "how": "metadata row_bytes" + (" (values float16)" if any(
-                    not L["value_row_bytes"] for L in cfg["layers"]) else "")}
+        # rings counted in float16, as a float16 deployment stores them (this export is float32)
+        ring = sum((1 + bool(L.get("past_value_recent"))) * L["kv_heads"] * L.get("recent_window", 0) * L["head_dim"] * 2
+                   for L in cfg["layers"])
+        how = "metadata row_bytes" + (" (values float16)" if any(not L["value_row_bytes"] for L in cfg["layers"]) else "")
+        out = {"bits_per_value": 8 * (tq + ring / context) / values, "bytes_per_token": tq, "fp16_bytes_per_token": fp16,
+               "compression": fp16 * context / (tq * context + ring), "how": how}
+        if ring:
+            out["ring_bytes"] = ring
+            out["compression_at"] = {str(n): fp16 * n / (tq * n + ring) for n in (4096, 32768)}
+            out["how"] += f"; float16 rings of the last {cfg['requested'].get('recent_window')} tokens over {context} tokens"
+        return out
     if "tq_ort.uniform_baseline" in props:
         b = json.loads(props["tq_ort.uniform_baseline"])
         values = sum(2 * L["kv_heads"] * L["head_dim"] for L in b["layers"])
@@ -654,7 +674,7 @@ def run_eval(model: str | Path | None, variants: list[Variant], settings: EvalSe
             t_build = time.time() - t0
             r = evaluate_variant(path, ref, progress=progress, desc=f"[{i + 1}/{len(variants)}] {v.label}")
             r["seconds"]["build"] = round(t_build, 1)
-            row = {"label": v.label, "family": v.family, "config": v.describe(), **bytes_of(v, path), **r}
+            row = {"label": v.label, "family": v.family, "config": v.describe(), **bytes_of(v, path, settings.context), **r}
             record["results"].append(row)
             if v.kind != "prebuilt":
                 cached.write_text(json.dumps(row, default=float))
@@ -689,7 +709,8 @@ def table_rows(record: dict) -> list[dict]:
         rows.append({"config": r["label"], "family": r["family"], "bits": r["bits_per_value"],
                      "compression": r["compression"], "ppl": r["ppl"]["all"], "dppl": r["ppl_delta_pct"]["all"],
                      "kl": r["kl"]["all"], "top1": r["top1_agreement"], "gen": g.get("agreement"),
-                     "first_div": g.get("first_divergence_mean"), "first_div_min": g.get("first_divergence_min")})
+                     "first_div": g.get("first_divergence_mean"), "first_div_min": g.get("first_divergence_min"),
+                     "compression_at": r.get("compression_at")})
     return rows
 
 
@@ -698,17 +719,21 @@ def markdown_table(record: dict, sort: bool = True) -> str:
     ok = [r for r in rows if "error" not in r]
     if sort:
         ok.sort(key=lambda r: (-r["compression"], r["dppl"]))
-    lines = ["| configuration | bits/value | vs fp16 | perplexity | Δ ppl | KL (nats) | top-1 | greedy agree "
-             "| 1st divergence (mean / min) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    # exact recent-window rings are a fixed cost: show the ratio at longer contexts too
+    at = any(r.get("compression_at") for r in ok)
+    lines = ["| configuration | bits/value | vs fp16 | " + ("at 4K / 32K | " if at else "") + "perplexity | Δ ppl | "
+             "KL (nats) | top-1 | greedy agree | 1st divergence (mean / min) |",
+             "|---|---:|---:|" + ("---:|" if at else "") + "---:|---:|---:|---:|---:|---:|"]
     for r in ok:
         gen = "n/a" if r["gen"] is None else f"{r['gen']:.3f}"
         div = "n/a" if r["first_div"] is None else f"{r['first_div']:.0f} / {r['first_div_min']}"
-        lines.append(f"| {r['config']} | {r['bits']:.2f} | {r['compression']:.2f}x | {r['ppl']:.3f} | "
+        c = r.get("compression_at") or {}
+        longer = (f"{c['4096']:.2f}x / {c['32768']:.2f}x | " if c else f"{r['compression']:.2f}x | ") if at else ""
+        lines.append(f"| {r['config']} | {r['bits']:.2f} | {r['compression']:.2f}x | {longer}{r['ppl']:.3f} | "
                      f"{r['dppl']:+.2f}% | {r['kl']:.4f} | {r['top1']:.3f} | {gen} | {div} |")
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error'][:120]} | | | | | | | |" + (" |" if at else ""))
     return "\n".join(lines)
 
 

@@ -49,6 +49,10 @@ DEFAULTS = {
 }
 
 
+# studies beside the main sweep (--tag): results file prefix -> section title in docs/quality.md
+STUDIES = {"recent": "the exact recent window (last R tokens also kept in float16)"}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2 (default), gemma3-270m or a HF folder")
@@ -64,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--gen-tokens", type=int, default=256)
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks/quality/results"))
     p.add_argument("--plot", help="plot path (default docs/quality.png for smollm2)")
+    p.add_argument("--tag", help="name the results TAG-<model>-<date> (a study beside the main sweep; docs/quality.md "
+                   "gets a section per tag, e.g. --tag recent for the exact recent window)")
     p.add_argument("--fresh", action="store_true", help="re-measure variants found in the cache")
     p.add_argument("--docs", action="store_true", help="only rebuild docs/quality.md and the plots from the latest "
                    "sweep results in --results-dir")
@@ -86,21 +92,23 @@ def main(argv=None) -> int:
     record["tool"] = "benchmarks/quality/sweep.py"
     name = record["model"]["name"]
     full = not a.variants and not a.texts and not a.context and a.chunk == 1
-    stem = f"{'sweep' if full else 'partial'}-{quality._slug(name)}-{record['date'][:10]}"
+    stem = f"{a.tag or ('sweep' if full else 'partial')}-{quality._slug(name)}-{record['date'][:10]}"
     j, md = quality.write_results(record, Path(a.results_dir), stem)
     plot = Path(a.plot) if a.plot else (ROOT / d["plot"] if a.model in DEFAULTS and full else None)
+    if a.tag and not a.plot:
+        plot = ROOT / "docs" / f"quality-{a.tag}-{quality._slug(name)}.png"
     if plot:
         quality.plot(record, plot)
     print(quality.markdown_table(record))
     print(f"wrote {j}, {md}" + (f", {plot}" if plot else ""))
-    if full and a.model in DEFAULTS:
+    if (full or a.tag) and a.model in DEFAULTS:
         write_docs(Path(a.results_dir))
     return 0
 
 
-def latest_sweeps(results_dir: Path) -> dict[str, dict]:
+def latest_sweeps(results_dir: Path, kind: str = "sweep") -> dict[str, dict]:
     out = {}
-    for f in sorted(glob.glob(str(results_dir / "sweep-*.json"))):
+    for f in sorted(glob.glob(str(results_dir / f"{kind}-*.json"))):
         r = json.loads(Path(f).read_text())
         out[r["model"]["name"]] = r  # the latest per model wins (sorted by date in the name)
         Path(f).with_suffix(".md").write_text(quality.markdown_report(r))  # in step with the JSON
@@ -139,6 +147,14 @@ def write_docs(results_dir: Path, md_path: Path = ROOT / "docs/quality.md") -> P
         png = DEFAULTS.get("smollm2" if "smollm2" in name.lower() else "gemma3-270m", {}).get("plot")
         if png and (ROOT / png).exists():
             lines += [f"![perplexity increase vs compression, {name}]({Path(png).name})", ""]
+    for tag, title in STUDIES.items():
+        for name, r in latest_sweeps(results_dir, tag).items():
+            lines += [f"## {name}: {title}", "", quality.markdown_report(r).split("\n", 2)[2].strip(), "",
+                      f"Produced by: `{r['command']}` ({r['date']}, {r.get('seconds_total', 0) / 60:.0f} min on "
+                      f"{r['machine']['cores']} cores; chunk {r['settings']['chunk']}).", ""]
+            png = ROOT / "docs" / f"quality-{tag}-{quality._slug(name)}.png"
+            if png.exists():
+                lines += [f"![{title}, {name}]({png.name})", ""]
     md_path.write_text("\n".join(lines))
     print(f"wrote {md_path}")
     return md_path
