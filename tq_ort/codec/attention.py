@@ -29,10 +29,19 @@ def apply_rotary(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarra
 def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
               rotation, key_codebook, value_codebook=None, qjl=None, *, num_heads: int, kv_num_heads: int,
               scale: float = 0.0, use_qjl: bool = False, do_rotary: bool = False, cos_cache=None,
-              sin_cache=None, local_window_size: int = -1, softcap: float = 0.0):
-    """Returns (output [B, S, Hq*d] in query's dtype, present_key, present_value).
+              sin_cache=None, local_window_size: int = -1, softcap: float = 0.0, recent_window: int = 0,
+              past_key_recent=None, past_value_recent=None):
+    """Returns (output [B, S, Hq*d] in query's dtype, present_key, present_value), and with
+    recent_window > 0 also (..., present_key_recent, present_value_recent).
 
     value_codebook None means keys-only mode: past/present values are float [B, Hkv, P, d].
+
+    recent_window = R > 0 (docs/ops.md section 4, "Recent window"): the last R cached positions are
+    read exactly from the ring buffers past_key_recent / past_value_recent (T [B, Hkv, R, d], cached
+    position j in slot j % R) instead of from the compressed rows; after attention the last R valid
+    new tokens are written to the rings (present_*_recent, copies of the past rings otherwise).
+    Keys-only mode: past_value_recent is ignored, and present_value_recent is a copy of it when it
+    has the ring's shape and dtype, zeros otherwise (values are exact in the rows anyway).
     """
     d = head_dim_of(rotation)
     q_in = np.asarray(query)
@@ -48,6 +57,27 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
     for nm, t in (("query", query), ("key", key), ("value", value)):
         _check_finite(nm, np.asarray(t))
     keys_only = value_codebook is None
+    R = int(recent_window)
+    if R < 0:
+        raise ValueError(f"recent_window={R}: expected >= 0 (0 = off)")
+    ring_shape = (B, kv_num_heads, R, d)
+    rings = (("past_key_recent", past_key_recent),) + (() if keys_only else (("past_value_recent", past_value_recent),))
+    for nm, t in rings if R else ():
+        if t is None:
+            raise ValueError(f"{nm}: required when recent_window={R} > 0, got none "
+                             f"(expected {dtype} {list(ring_shape)})")
+        if np.asarray(t).dtype != dtype:
+            raise _shape_error(nm, t, f"dtype {dtype} (the query's)")
+        if np.shape(t) != ring_shape:
+            raise _shape_error(nm, t, f"[B, Hkv, R, d] = {list(ring_shape)} (recent_window={R})")
+    present_kr = np.array(past_key_recent, dtype=dtype) if R else np.zeros(ring_shape, dtype)
+    if not keys_only and R:
+        present_vr = np.array(past_value_recent, dtype=dtype)
+    elif past_value_recent is not None and np.shape(past_value_recent) == ring_shape \
+            and np.asarray(past_value_recent).dtype == dtype:
+        present_vr = np.array(past_value_recent, dtype=dtype)  # keys-only: passed through, never read
+    else:
+        present_vr = np.zeros(ring_shape, dtype)
     pk = np.asarray(past_key)
     pv = np.asarray(past_value)
     if pk.ndim != 4 or pk.shape[:2] != (B, kv_num_heads):
@@ -90,8 +120,12 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
             k = apply_rotary(k, pos, cos_cache, sin_cache)
         # Encode the new keys from the float32 values the kernels see (after RoPE).
         new_k_rows = encode(k.transpose(1, 0, 2), rotation, key_codebook, use_qjl, qjl, name="key")
+        k_t = k.astype(dtype)  # what the key ring stores
         q = q.astype(np.float64)
         k = k.astype(np.float64)
+        # Cached positions [0, e0) come from the compressed rows, [e0, past_len) exactly from the rings.
+        e0 = max(0, past_len - R) if R else past_len
+        ring_slots = np.arange(e0, past_len) % R if R else np.zeros(0, np.int64)
         present_k[b, :, past_len:past_len + S] = new_k_rows
         if keys_only:
             present_v[b, :, past_len:past_len + S] = np.asarray(value)[b].reshape(S, kv_num_heads, d).transpose(1, 0, 2)
@@ -101,26 +135,31 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
                 name="value")
         n_valid = min(L, S) if L < S else S
         for g in range(kv_num_heads):
-            # Cached past, read from the compressed rows (rotated domain).
-            _, ks, kcodes, krn, ksg = row_fields(present_k[b, g, :past_len], rotation, key_codebook, use_qjl, qjl,
+            # Cached past [0, e0), read from the compressed rows (rotated domain).
+            _, ks, kcodes, krn, ksg = row_fields(present_k[b, g, :e0], rotation, key_codebook, use_qjl, qjl,
                                                  name="past_key")
-            k_rot = ks[:, None].astype(np.float64) * kc[kcodes]  # [past_len, d]
+            k_rot = ks[:, None].astype(np.float64) * kc[kcodes]  # [e0, d]
+            # Cached past [e0, past_len), exact: the ring (read before this step writes it).
+            k_ring = np.asarray(past_key_recent)[b, g, ring_slots].astype(np.float64) if R else np.zeros((0, d))
             if keys_only:
-                v_past = present_v[b, g, :past_len].astype(np.float64)  # original domain
+                v_past = present_v[b, g, :past_len].astype(np.float64)  # original domain, all exact
             else:
-                _, vs, vcodes, _, _ = row_fields(present_v[b, g, :past_len], rotation, value_codebook,
+                _, vs, vcodes, _, _ = row_fields(present_v[b, g, :e0], rotation, value_codebook,
                                                  name="past_value")
                 v_past_rot = vs[:, None].astype(np.float64) * vc[vcodes]
+                v_ring = (np.asarray(past_value_recent)[b, g, ring_slots].astype(np.float64) if R
+                          else np.zeros((0, d)))
             for h in range(g * group, (g + 1) * group):
                 for i in range(n_valid):
                     p = past_len + i
                     lo = p - local_window_size + 1 if local_window_size > 0 else 0
                     qr = forward(q[i, h], rotation)
                     s_past = k_rot @ qr
-                    if use_qjl and past_len:
+                    if use_qjl and e0:
                         s_past = s_past + qjl_inner(qr[None, :], krn, ksg, qjl)
+                    s_ring = k_ring @ q[i, h]
                     s_new = k[: i + 1, g] @ q[i, h]
-                    s = np.concatenate([s_past, s_new]) * sm_scale
+                    s = np.concatenate([s_past, s_ring, s_new]) * sm_scale
                     if softcap:
                         s = softcap * np.tanh(s / softcap)
                     j = np.arange(p + 1)
@@ -129,7 +168,23 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
                     w /= w.sum()
                     wp, wn = w[:past_len], w[past_len:]
                     o = wn @ v[: i + 1, g]
-                    if past_len:
-                        o = o + (wp @ v_past if keys_only else inverse(wp @ v_past_rot, rotation))
+                    if keys_only:
+                        if past_len:
+                            o = o + wp @ v_past
+                    else:
+                        if e0:
+                            o = o + inverse(wp[:e0] @ v_past_rot, rotation)
+                        if past_len > e0:
+                            o = o + wp[e0:] @ v_ring
                     out[b, i, h] = o
-    return out.reshape(B, S, num_heads * d).astype(dtype), present_k, present_v
+        # Ring writes, after attention: new token at position p < L goes to slot p % R if p >= L - R.
+        for i in range(S):
+            p = past_len + i
+            if R and L - R <= p < L:
+                present_kr[b, :, p % R] = k_t[i]
+                if not keys_only:
+                    present_vr[b, :, p % R] = np.asarray(value)[b].reshape(S, kv_num_heads, d)[i]
+    output = out.reshape(B, S, num_heads * d).astype(dtype)
+    if R == 0:
+        return output, present_k, present_v
+    return output, present_k, present_v, present_kr, present_vr
