@@ -1,6 +1,7 @@
 // TurboQuantAttention CPU kernel. Phase A writes the present caches (copy past unless shared,
-// encode the new rows); phase B attends, per (batch, kv head, chunk of <= 8 query vectors) so that
-// every compressed row read serves all query heads of the GQA group.
+// encode the new rows) and, with a recent window, snapshots the rings' exact segment as float32;
+// phase B attends, per (batch, kv head, chunk of <= 8 query vectors) so that every compressed row
+// read serves all query heads of the GQA group; phase C writes the new tokens into the rings.
 #include "cpu/attention.h"
 
 #include <algorithm>
@@ -82,7 +83,9 @@ struct Shared {  // per-call state shared by the tasks
   const AttentionArgs* a;
   int G, Rk, Rv;
   std::vector<int64_t> past_len, n_valid;
+  std::vector<int64_t> ring0;     // [B] first cached position read from the rings (past_len when R = 0)
   std::vector<float> knew, vnew;  // [B, Hkv, S, d] float32 (keys after RoPE)
+  std::vector<float> kring, vring;  // [B, Hkv, R, d] float32: positions ring0 .. past_len - 1 in order
   std::unique_ptr<Encoder> kenc, venc;
 };
 
@@ -115,6 +118,45 @@ void write_present(Shared& sh, int b, int g) {
   // New rows go to positions past_len .. past_len + S - 1 (inputs were checked finite).
   sh.kenc->encode(kf, false, 0, S, pk + sh.past_len[b] * sh.Rk);
   if (!a.keys_only) sh.venc->encode(vf, false, 0, S, pv + sh.past_len[b] * sh.Rv);
+  // The exact segment of the rings, read before phase C writes them (shared buffers included).
+  for (int64_t j = sh.ring0[b]; j < sh.past_len[b]; ++j) {
+    const int64_t src = (bg * a.R + j % a.R) * d, dst = (bg * a.R + j - sh.ring0[b]) * d;
+    load_vec(a.past_kr, src, d, a.half, sh.kring.data() + dst);
+    if (!a.keys_only) load_vec(a.past_vr, src, d, a.half, sh.vring.data() + dst);
+  }
+}
+
+// Phase C: present rings = past rings (copied unless shared) with the new token at position p written
+// to slot p % R when it is valid (p < L) and among the last R (p >= L - R).
+void write_rings(const Shared& sh, int b, int g) {
+  const AttentionArgs& a = *sh.a;
+  const int d = a.d, tsize = a.half ? 2 : 4;
+  const int64_t bg = int64_t(b) * a.Hkv + g, ring_bytes = a.R * d * tsize;
+  const int64_t L = int64_t(a.seqlens[b]) + 1, pl = sh.past_len[b];
+  auto first = [&](const void* past, void* present) {  // the ring before this step's slots
+    uint8_t* dst = static_cast<uint8_t*>(present) + bg * ring_bytes;
+    if (!past) std::memset(dst, 0, size_t(ring_bytes));
+    else if (past != present) std::memcpy(dst, static_cast<const uint8_t*>(past) + bg * ring_bytes, size_t(ring_bytes));
+  };
+  if (a.present_kr) {
+    first(a.past_kr, a.present_kr);
+    for (int i = 0; i < a.S; ++i) {
+      const int64_t p = pl + i;
+      if (p < L && p >= L - a.R)
+        store_vec(a.present_kr, (bg * a.R + p % a.R) * d, d, a.half, sh.knew.data() + (bg * a.S + i) * d);
+    }
+  }
+  if (a.present_vr) {
+    first(a.past_vr, a.present_vr);
+    if (a.keys_only) return;  // values are exact in the rows: the value ring is passed through
+    for (int i = 0; i < a.S; ++i) {
+      const int64_t p = pl + i;
+      if (p < L && p >= L - a.R)
+        std::memcpy(static_cast<uint8_t*>(a.present_vr) + ((bg * a.R + p % a.R) * d) * tsize,
+                    static_cast<const uint8_t*>(a.v) + ((int64_t(b) * a.S + i) * a.Hkv * d + int64_t(g) * d) * tsize,
+                    size_t(d) * tsize);
+    }
+  }
 }
 
 struct Task {
@@ -148,15 +190,18 @@ void attend(const Shared& sh, const Task& t) {
   if (a.kc.rot.dense)  // R q for all vectors at once: the rows of R are plain float32 vectors
     dot_rows(RowSpan{reinterpret_cast<const uint8_t*>(a.kc.rot.data), int64_t(d) * 4, 0, 32, d, nullptr}, d, qf.data(),
              d, nv, qr.data(), d, kNoRowScale, 1.0f, false);
+  // Score columns: cached positions c0 .. pl - 1 (compressed rows c0 .. rs - 1, then the exact ring
+  // segment rs .. pl - 1), then the new tokens.
   const int64_t ncache = pl - c0, ld = ncache + nnew;
+  const int64_t rs = std::max(c0, sh.ring0[t.b]), ncomp = rs - c0, nring = pl - rs;
   std::vector<float> sc(size_t(nv) * ld);
 
   // Cached keys: softmax scale * (scale_j * <R q, c[code_j]> + QJL term), from the compressed rows.
-  if (ncache > 0) {
+  if (ncomp > 0) {
     const int Rk = sh.Rk;
     const RowLayout& kl = a.kc.lay;
     const uint8_t* rows = a.present_k + (bg * a.Pp + c0) * Rk;
-    dot_rows(RowSpan{rows, Rk, kl.codes_offset(), kl.bits, d, a.kc.codebook}, ncache, qr.data(), d, nv, sc.data(), ld,
+    dot_rows(RowSpan{rows, Rk, kl.codes_offset(), kl.bits, d, a.kc.codebook}, ncomp, qr.data(), d, nv, sc.data(), ld,
              0, a.scale, false);
     if (kl.qjl) {  // + rnorm_j * sqrt(pi/2)/m * <S R q, sgn_j>: the sign bits are a 1-bit code over {-1, +1}
       const int m = kl.m;
@@ -164,10 +209,15 @@ void attend(const Shared& sh, const Task& t) {
       dot_rows(RowSpan{reinterpret_cast<const uint8_t*>(a.kc.qjl), int64_t(d) * 4, 0, 32, d, nullptr}, m, qr.data(),
                d, nv, sq.data(), m, kNoRowScale, 1.0f, false);
       static const float pm1[2] = {-1.0f, 1.0f};
-      dot_rows(RowSpan{rows, Rk, kl.signs_offset(), 1, m, pm1}, ncache, sq.data(), m, nv, sc.data(), ld,
+      dot_rows(RowSpan{rows, Rk, kl.signs_offset(), 1, m, pm1}, ncomp, sq.data(), m, nv, sc.data(), ld,
                kl.rnorm_offset(), a.scale * float(1.2533141373155001 / m), true);  // sqrt(pi/2) / m
     }
   }
+  // Recent cached keys, exactly (float32 snapshot of the key ring, positions rs .. pl - 1).
+  const float* kring = sh.kring.data() + (bg * a.R + rs - sh.ring0[t.b]) * d;
+  if (nring > 0)
+    dot_rows(RowSpan{reinterpret_cast<const uint8_t*>(kring), int64_t(d) * 4, 0, 32, d, nullptr}, nring, qf.data(), d,
+             nv, sc.data() + ncomp, ld, kNoRowScale, a.scale, false);
   // New keys, exactly (float32 K after RoPE), then the causal / window mask.
   const float* knew = sh.knew.data() + bg * a.S * d;
   dot_rows(RowSpan{reinterpret_cast<const uint8_t*>(knew), int64_t(d) * 4, 0, 32, d, nullptr}, nnew, qf.data(), d, nv,
@@ -187,22 +237,27 @@ void attend(const Shared& sh, const Task& t) {
   }
   // Values: cached rows accumulate in the rotated domain (rotated back once), new ones exactly.
   std::vector<float> acc_rot(size_t(nv) * d, 0.0f), acc(size_t(nv) * d, 0.0f);
-  if (ncache > 0) {
-    const uint8_t* vrows = static_cast<const uint8_t*>(a.present_v) + (bg * a.Pp + c0) * sh.Rv;
-    if (a.keys_only) {
+  // (keys-only: every cached value is exact in the rows, ring segment included).
+  const uint8_t* vrows = static_cast<const uint8_t*>(a.present_v) + (bg * a.Pp + c0) * sh.Rv;
+  if (a.keys_only) {
+    if (ncache > 0)
       acc_rows(RowSpan{vrows, sh.Rv, 0, a.half ? 16 : 32, d, nullptr}, ncache, sc.data(), ld, nv, acc.data(), d,
                kNoRowScale);
-    } else {
-      acc_rows(RowSpan{vrows, sh.Rv, a.vc.lay.codes_offset(), a.vc.lay.bits, d, a.vc.codebook}, ncache, sc.data(),
+  } else {
+    if (ncomp > 0)
+      acc_rows(RowSpan{vrows, sh.Rv, a.vc.lay.codes_offset(), a.vc.lay.bits, d, a.vc.codebook}, ncomp, sc.data(),
                ld, nv, acc_rot.data(), d, 0);
-    }
+    const float* vring = sh.vring.data() + (bg * a.R + rs - sh.ring0[t.b]) * d;
+    if (nring > 0)
+      acc_rows(RowSpan{reinterpret_cast<const uint8_t*>(vring), int64_t(d) * 4, 0, 32, d, nullptr}, nring,
+               sc.data() + ncomp, ld, nv, acc.data(), d, kNoRowScale);
   }
   const float* vnew = sh.vnew.data() + bg * a.S * d;
   acc_rows(RowSpan{reinterpret_cast<const uint8_t*>(vnew), int64_t(d) * 4, 0, 32, d, nullptr}, nnew, sc.data() + ncache,
            ld, nv, acc.data(), d, kNoRowScale);
   for (int v = 0; v < nv; ++v) {
     float* o = acc.data() + size_t(v) * d;
-    if (ncache > 0 && !a.keys_only) rotate_inv_add(a.vc.rot, acc_rot.data() + size_t(v) * d, o, tmp.data());
+    if (ncomp > 0 && !a.keys_only) rotate_inv_add(a.vc.rot, acc_rot.data() + size_t(v) * d, o, tmp.data());
     const float inv = 1.0f / denom[v];
     for (int i = 0; i < d; ++i) o[i] *= inv;
     store_vec(a.out, (int64_t(t.b) * a.S + tok[v]) * a.Hq * d + head[v] * d, d, a.half, o);
@@ -219,10 +274,18 @@ void attention(const AttentionArgs& a) {
   sh.Rv = a.keys_only ? a.d * (a.half ? 2 : 4) : a.vc.lay.row_bytes();
   sh.past_len.resize(a.B);
   sh.n_valid.resize(a.B);
-  for (int b = 0; b < a.B; ++b) positions(a.seqlens[b], a.S, &sh.past_len[b], &sh.n_valid[b]);
+  sh.ring0.resize(a.B);
+  for (int b = 0; b < a.B; ++b) {
+    positions(a.seqlens[b], a.S, &sh.past_len[b], &sh.n_valid[b]);
+    sh.ring0[b] = a.R > 0 ? std::max<int64_t>(0, sh.past_len[b] - a.R) : sh.past_len[b];
+  }
   const size_t nnew = size_t(a.B) * a.Hkv * a.S * a.d;
   sh.knew.resize(nnew);
   sh.vnew.resize(nnew);
+  if (a.R > 0) {
+    sh.kring.resize(size_t(a.B) * a.Hkv * a.R * a.d);
+    if (!a.keys_only) sh.vring.resize(sh.kring.size());
+  }
   sh.kenc = std::make_unique<Encoder>(a.kc);
   if (!a.keys_only) sh.venc = std::make_unique<Encoder>(a.vc);
 
@@ -234,6 +297,8 @@ void attention(const AttentionArgs& a) {
       for (int64_t v0 = 0; v0 < sh.n_valid[b] * sh.G; v0 += kMaxVec)
         tasks.push_back(Task{b, g, v0, std::min<int64_t>(v0 + kMaxVec, sh.n_valid[b] * sh.G)});
   parallel_for(int64_t(tasks.size()), [&](int64_t i) { attend(sh, tasks[i]); });
+  if (a.R > 0 && (a.present_kr || a.present_vr))
+    parallel_for(int64_t(a.B) * a.Hkv, [&](int64_t t) { write_rings(sh, int(t / a.Hkv), int(t % a.Hkv)); });
 
   // Queries past the valid length of a right-padded prompt output zeros.
   const int tsize = a.half ? 2 : 4;

@@ -29,6 +29,16 @@ struct AttentionArgs {
   const void* cos = nullptr;  // T [>= max position + 1, d/2]
   const void* sin = nullptr;
   void* out = nullptr;        // T [B, S, Hq*d]
+  // Recent window (docs/ops.md 4): R > 0 reads cached positions [max(0, past_len - R), past_len)
+  // exactly from the rings (T [B, Hkv, R, d], position j in slot j % R) instead of from the rows.
+  // The rings are read before anything is written to them; after attention the last R valid new
+  // tokens are written (present == past: shared buffer, only those slots change; else copied first).
+  int64_t R = 0;                   // 0 = off: every ring pointer is ignored
+  const void* past_kr = nullptr;   // T [B, Hkv, R, d], required when R > 0
+  void* present_kr = nullptr;      // T [B, Hkv, R, d]; nullptr: not produced
+  const void* past_vr = nullptr;   // required when R > 0 unless keys_only; keys_only: copied through
+                                   // to present_vr if non-null (never read), else present_vr is zeroed
+  void* present_vr = nullptr;      // nullptr: not produced
 };
 
 // past_len and valid query count of batch row b (docs/ops.md 4, "Positions").

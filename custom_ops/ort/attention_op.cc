@@ -9,10 +9,12 @@
 namespace tq::ort {
 namespace {
 
-enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos, kSin, kNumIn };
+enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos, kSin,
+          kPastKeyRecent, kPastValueRecent, kNumIn };
 const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
                                       "total_sequence_length", "rotation", "key_codebook", "value_codebook",
-                                      "qjl_matrix", "cos_cache", "sin_cache"};
+                                      "qjl_matrix", "cos_cache", "sin_cache", "past_key_recent", "past_value_recent"};
+enum Out { kOutput, kPresentKey, kPresentValue, kPresentKeyRecent, kPresentValueRecent, kNumOut };
 
 std::string str(int64_t v) { return std::to_string(v); }
 
@@ -33,6 +35,8 @@ struct AttentionKernel {
     use_qjl_ = attr_int(info, "use_qjl", 0);
     do_rotary_ = attr_int(info, "do_rotary", 0);
     window_ = attr_int(info, "local_window_size", -1);
+    recent_ = attr_int(info, "recent_window", 0);
+    if (recent_ < 0) fail("attribute recent_window=" + str(recent_) + ": expected >= 0 (0 = off)");
     if (use_qjl_ != 0 && use_qjl_ != 1) fail("attribute use_qjl=" + str(use_qjl_) + ": expected 0 or 1");
     if (do_rotary_ != 0 && do_rotary_ != 1) fail("attribute do_rotary=" + str(do_rotary_) + ": expected 0 or 1");
     if (key_bits_ != -1 && !valid_bits(int(key_bits_)))
@@ -51,7 +55,7 @@ struct AttentionKernel {
   void Compute(OrtKernelContext* context);
 
   std::string name_;
-  int64_t hq_, hkv_, key_bits_, value_bits_, use_qjl_, do_rotary_, window_;
+  int64_t hq_, hkv_, key_bits_, value_bits_, use_qjl_, do_rotary_, window_, recent_;
   float scale_, softcap_;
 };
 
@@ -139,14 +143,35 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
                 "[max_pos, " + str(d / 2) + "] with max_pos > " + str(max_pos) + " (the largest position)");
     }
   }
+  // Recent-window rings: T [B, Hkv, R, d]; the value ring only when values are compressed.
+  const int64_t R = recent_;
+  const std::vector<int64_t> ring_shape{B, hkv_, R, d};
+  const std::string ring_expected = shape_str(ring_shape) + " = [B, kv_num_heads, recent_window, d] (recent_window=" +
+                                    str(R) + ")";
+  if (R > 0) {
+    for (size_t i : {size_t(kPastKeyRecent), size_t(kPastValueRecent)}) {
+      if (i == kPastValueRecent && keys_only) continue;  // ignored: values are exact in the rows
+      const Input& r = in[i];
+      r.require(r.present, std::string("a ") + type_name(T) + " " + ring_expected + " ring buffer");
+      r.require(r.type == T, std::string("dtype ") + type_name(T) + " (the query's)");
+      r.require(r.shape == ring_shape, ring_expected);
+    }
+  }
   for (const Input* x : {&q, &k, &v}) {
     const int64_t bad = cpu::find_nonfinite(x->data, T == kF16, x->numel());
     if (bad >= 0) x->fail_expected("finite values (non-finite value at flat index " + str(bad) + ")");
   }
 
-  auto out = ctx.GetOutput(0, q.shape);
-  auto present_k = ctx.GetOutput(1, {B, hkv_, Pp, Rk});
-  auto present_v = ctx.GetOutput(2, {B, hkv_, Pp, keys_only ? int64_t(d) : Rv});
+  auto out = ctx.GetOutput(kOutput, q.shape);
+  auto present_k = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, Rk});
+  auto present_v = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, keys_only ? int64_t(d) : Rv});
+  // Optional ring outputs (absent from the node, or named ""): nullptr.
+  void* present_kr = nullptr;
+  void* present_vr = nullptr;
+  if (ctx.GetOutputCount() > kPresentKeyRecent)
+    if (auto o = ctx.GetOutput(kPresentKeyRecent, ring_shape)) present_kr = o.GetTensorMutableRawData();
+  if (ctx.GetOutputCount() > kPresentValueRecent)
+    if (auto o = ctx.GetOutput(kPresentValueRecent, ring_shape)) present_vr = o.GetTensorMutableRawData();
 
   a.B = int(B); a.S = int(S); a.Hq = int(hq_); a.Hkv = int(hkv_); a.d = d;
   a.P = P; a.Pp = Pp;
@@ -164,6 +189,15 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
   a.do_rotary = do_rotary_ != 0;
   a.cos = in[kCos].data; a.sin = in[kSin].data;
   a.out = out.GetTensorMutableRawData();
+  a.R = R;
+  if (R > 0) {
+    a.past_kr = in[kPastKeyRecent].data;
+    a.present_kr = present_kr;
+    // keys-only: the value ring is never read; a well-formed one is passed through, else zeros.
+    const Input& pvr = in[kPastValueRecent];
+    a.past_vr = !keys_only || (pvr.present && pvr.type == T && pvr.shape == ring_shape) ? pvr.data : nullptr;
+    a.present_vr = present_vr;
+  }
   cpu::attention(a);
 }
 
@@ -186,8 +220,17 @@ struct AttentionOp : OpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return i >= kValueCb ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
-  size_t GetOutputTypeCount() const { return 3; }
-  ElemType GetOutputType(size_t i) const { return i == 0 ? T : (i == 1 ? kU8 : (kKeysOnly ? T : kU8)); }
+  size_t GetOutputTypeCount() const { return kNumOut; }
+  ElemType GetOutputType(size_t i) const {
+    switch (i) {
+      case kPresentKey: return kU8;
+      case kPresentValue: return kKeysOnly ? T : kU8;
+      default: return T;  // output and the recent-window rings
+    }
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return i >= kPresentKeyRecent ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
 };
 
 }  // namespace

@@ -194,11 +194,14 @@ struct DecodeOp : CudaOpBase<DecodeOp, DecodeKernel> {
 };
 
 // --------------------------------------------------------------------------------- Attention
+// Inputs 13/14 and outputs 3/4 (the recent-window rings, docs/ops.md 4) are declared so that graphs
+// load on this EP; recent_window > 0 itself is not implemented here yet (the kernel fails).
 enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos,
-          kSin, kNumIn };
+          kSin, kPastKeyRecent, kPastValueRecent, kNumIn };
 const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
                                       "total_sequence_length", "rotation", "key_codebook", "value_codebook",
-                                      "qjl_matrix", "cos_cache", "sin_cache"};
+                                      "qjl_matrix", "cos_cache", "sin_cache", "past_key_recent", "past_value_recent"};
+enum Out { kOutput, kPresentKey, kPresentValue, kPresentKeyRecent, kPresentValueRecent, kNumOut };
 
 struct AttentionKernel {
   explicit AttentionKernel(const OrtKernelInfo* info)
@@ -215,7 +218,12 @@ struct AttentionKernel {
     use_qjl_ = ort::attr_int(info, "use_qjl", 0);
     do_rotary_ = ort::attr_int(info, "do_rotary", 0);
     window_ = ort::attr_int(info, "local_window_size", -1);
+    recent_ = ort::attr_int(info, "recent_window", 0);
     if (!(softcap_ >= 0.0f)) ort::fail("attribute softcap: expected >= 0");
+    if (recent_ < 0) ort::fail("attribute recent_window=" + str(recent_) + ": expected >= 0 (0 = off)");
+    if (recent_ > 0)
+      ort::fail("attribute recent_window=" + str(recent_) + ": recent_window > 0 is not implemented on the CUDA EP "
+                "yet; run this model on the CPU EP, or rewrite it with recent_window=0");
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
 
@@ -268,9 +276,12 @@ struct AttentionKernel {
       }
       max_pos = in[kCos].dim(0);
     }
-    auto out = ctx.GetOutput(0, {B, S, hq_ * d});
-    auto prk = ctx.GetOutput(1, {B, hkv_, Pp, int64_t(Rk)});
-    auto prv = ctx.GetOutput(2, {B, hkv_, Pp, Rv});
+    auto out = ctx.GetOutput(kOutput, {B, S, hq_ * d});
+    auto prk = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, int64_t(Rk)});
+    auto prv = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, Rv});
+    // recent_window = 0: ring outputs the graph asks for are empty [B, Hkv, 0, d] tensors.
+    for (size_t o : {size_t(kPresentKeyRecent), size_t(kPresentValueRecent)})
+      if (ctx.GetOutputCount() > o) ctx.GetOutput(o, {B, hkv_, 0, int64_t(d)});
     TqAttnParams p{};
     p.query = q.data;
     p.key = k.data;
@@ -311,7 +322,8 @@ struct AttentionKernel {
   }
 
   std::string name_;
-  int64_t hq_ = 0, hkv_ = 0, key_bits_ = -1, value_bits_ = -1, use_qjl_ = 0, do_rotary_ = 0, window_ = -1;
+  int64_t hq_ = 0, hkv_ = 0, key_bits_ = -1, value_bits_ = -1, use_qjl_ = 0, do_rotary_ = 0, window_ = -1,
+          recent_ = 0;
   float scale_ = 0.f, softcap_ = 0.f;
 };
 
@@ -335,8 +347,17 @@ struct AttentionOp : CudaOpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return i >= kValueCb ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
-  size_t GetOutputTypeCount() const { return 3; }
-  ElemType GetOutputType(size_t i) const { return i == 0 ? T : (i == 1 ? kU8 : (kKeysOnly ? T : kU8)); }
+  size_t GetOutputTypeCount() const { return kNumOut; }
+  ElemType GetOutputType(size_t i) const {
+    switch (i) {
+      case kPresentKey: return kU8;
+      case kPresentValue: return kKeysOnly ? T : kU8;
+      default: return T;  // output and the recent-window rings
+    }
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return i >= kPresentKeyRecent ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
 };
 
 }  // namespace
