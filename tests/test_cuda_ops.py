@@ -184,3 +184,32 @@ def test_attention_cuda_shared_buffer_iobinding(gpu, rng):
         assert np.array_equal(fields(gk[b, :, :n], d, kb)[1], fields(rpk[b, :, :n], d, kb)[1])
         # rows past the new one are untouched (shared buffer: only the new row is written)
         assert np.array_equal(gk[b, :, n:], pk[b, :, n:])
+
+
+def _ring_model(ops, R, *, B=1, Hq=4, Hkv=2, d=64, P=8):
+    spec = {"query": (np.float16, [B, 1, Hq * d]), "key": (np.float16, [B, 1, Hkv * d]),
+            "value": (np.float16, [B, 1, Hkv * d]), "past_key": (np.uint8, [B, Hkv, P, codec.row_bytes(d, 4)]),
+            "past_value": (np.uint8, [B, Hkv, P, codec.row_bytes(d, 4)]), "seqlens_k": (np.int32, [B]),
+            "total_sequence_length": (np.int32, []), "rotation": (np.float32, [d]),
+            "key_codebook": (np.float32, [16]), "value_codebook": (np.float32, [16]), "qjl_matrix": None,
+            "cos_cache": None, "sin_cache": None, "past_key_recent": (np.float16, [B, Hkv, R, d]),
+            "past_value_recent": (np.float16, [B, Hkv, R, d])}
+    outs = {"output": (np.float16, None), "present_key": (np.uint8, None), "present_value": (np.uint8, None),
+            "present_key_recent": (np.float16, None), "present_value_recent": (np.float16, None)}
+    return ops.model("TurboQuantAttention", spec, outs,
+                     dict(num_heads=Hq, kv_num_heads=Hkv, key_bits=4, value_bits=4, recent_window=R))
+
+
+def test_attention_cuda_recent_window_not_implemented(gpu):
+    """The CUDA adapter declares the ring inputs/outputs (graphs load) but refuses recent_window > 0."""
+    with pytest.raises(Exception, match=r"recent_window > 0 is not implemented on the CUDA EP yet"):
+        sess = gpu.session(_ring_model(gpu, 4))
+        d, P = 64, 8
+        rot, cb = codec.rotation(d, 1), codec.codebook(d, 4)
+        rows = np.zeros((1, 2, P, codec.row_bytes(d, 4)), np.uint8)
+        ring = np.ones((1, 2, 4, d), np.float16)
+        x = np.ones((1, 1, 2 * d), np.float16)
+        sess.run(None, {"query": np.ones((1, 1, 4 * d), np.float16), "key": x, "value": x, "past_key": rows,
+                        "past_value": rows, "seqlens_k": np.array([3], np.int32),
+                        "total_sequence_length": np.array(4, np.int32), "rotation": rot, "key_codebook": cb,
+                        "value_codebook": cb, "past_key_recent": ring, "past_value_recent": ring})
