@@ -2,6 +2,8 @@
 
     python benchmarks/gpu/bench_attention.py [--quick]   (after tests/gpu/build.sh; ORT parts need
     onnxruntime-gpu on PYTHONPATH and TQ_ORT_LIB pointing at the built libtq_ort_ops.so)
+    python benchmarks/gpu/bench_attention.py --recent-window 64 [--contexts 16384,131072]
+        (only the recent-window comparison: R = 0 vs R, 4-bit, kernel level and in an ORT session)
 
 Rows: TurboQuantAttention 4-bit (K4/V4) and 3-bit (K3/V3) kernel-level through the C ABI (CUDA graph
 replay of the whole op: RoPE-free prep, new-row encode, split-K kernel, combine) and in an ORT session
@@ -29,6 +31,15 @@ from tq_ort import codec  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 QUICK = "--quick" in sys.argv
+
+
+def _arg(name, default):
+    for i, a in enumerate(sys.argv):
+        if a == name and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return default
 
 
 def median_event_time(fn, iters=50, warm=5):
@@ -94,9 +105,10 @@ def random_rows(B, Hkv, P, R):
 
 
 class TQKernel:
-    """The whole TurboQuantAttention decode step through the C ABI, shared buffer."""
+    """The whole TurboQuantAttention decode step through the C ABI, shared buffer (rows and, with a
+    recent window R > 0, rings)."""
 
-    def __init__(self, lib, B, ctx, kb, vb):
+    def __init__(self, lib, B, ctx, kb, vb, R=0):
         self.lib = lib
         rot, kcb, vcb = codec.rotation(D, 0), codec.codebook(D, kb), codec.codebook(D, vb)
         self.Rk, self.Rv = codec.row_bytes(D, kb), codec.row_bytes(D, vb)
@@ -114,6 +126,12 @@ class TQKernel:
             seqlens_k=tqcuda.ptr(self.sl), rotation=tqcuda.ptr(self.rot), key_codebook=tqcuda.ptr(self.kcb),
             value_codebook=tqcuda.ptr(self.vcb), output=tqcuda.ptr(self.out), dtype=10, B=B, S=1, Hq=HQ, Hkv=HKV,
             d=D, P=cap, Pp=cap, rot_rank=1, key_bits=kb, value_bits=vb, m=D, local_window=-1)
+        if R:
+            self.kr = torch.randn(B, HKV, R, D, device="cuda", dtype=torch.float16)
+            self.vr = torch.randn(B, HKV, R, D, device="cuda", dtype=torch.float16)
+            for n, v in dict(recent_window=R, past_key_recent=tqcuda.ptr(self.kr), present_key_recent=tqcuda.ptr(self.kr),
+                             past_value_recent=tqcuda.ptr(self.vr), present_value_recent=tqcuda.ptr(self.vr)).items():
+                setattr(self.p, n, v)
         self.wsb = lib.tq_cuda_attention_workspace(self.p)
         self.ws = torch.empty(self.wsb, dtype=torch.uint8, device="cuda")
         self.bytes = B * HKV * (ctx - 1) * (self.Rk + self.Rv)
@@ -171,7 +189,7 @@ def _gqa_model(B, cap, quant):
     return m.SerializeToString()
 
 
-def _tq_model(B, cap, kb, vb):
+def _tq_model(B, cap, kb, vb, R=0):
     from onnx import TensorProto as TP, helper as h, numpy_helper as nh
     Rk, Rv = codec.row_bytes(D, kb), codec.row_bytes(D, vb)
     ins = [h.make_tensor_value_info("query", TP.FLOAT16, [B, 1, HQ * D]),
@@ -183,12 +201,20 @@ def _tq_model(B, cap, kb, vb):
            h.make_tensor_value_info("total_sequence_length", TP.INT32, [])]
     inits = [nh.from_array(codec.rotation(D, 0), "rotation"), nh.from_array(codec.codebook(D, kb), "key_codebook"),
              nh.from_array(codec.codebook(D, vb), "value_codebook")]
-    node = h.make_node("TurboQuantAttention", [i.name for i in ins] + ["rotation", "key_codebook", "value_codebook"],
-                       ["output", "present_key", "present_value"], domain="turboquant", num_heads=HQ,
-                       kv_num_heads=HKV, key_bits=kb, value_bits=vb)
+    names = [i.name for i in ins] + ["rotation", "key_codebook", "value_codebook"]
+    onames = ["output", "present_key", "present_value"]
     outs = [h.make_tensor_value_info("output", TP.FLOAT16, [B, 1, HQ * D]),
             h.make_tensor_value_info("present_key", TP.UINT8, [B, HKV, cap, Rk]),
             h.make_tensor_value_info("present_value", TP.UINT8, [B, HKV, cap, Rv])]
+    if R:
+        rings = [h.make_tensor_value_info(n, TP.FLOAT16, [B, HKV, R, D]) for n in ("past_key_recent", "past_value_recent")]
+        ins += rings
+        names += ["", "", ""] + [r.name for r in rings]
+        onames += ["present_key_recent", "present_value_recent"]
+        outs += [h.make_tensor_value_info(n, TP.FLOAT16, [B, HKV, R, D])
+                 for n in ("present_key_recent", "present_value_recent")]
+    node = h.make_node("TurboQuantAttention", names, onames, domain="turboquant", num_heads=HQ,
+                       kv_num_heads=HKV, key_bits=kb, value_bits=vb, recent_window=R)
     g = h.make_graph([node], "tq", ins, outs, initializer=inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("turboquant", 1)])
     m.ir_version = 10
@@ -196,7 +222,7 @@ def _tq_model(B, cap, kb, vb):
 
 
 class OrtCase:
-    def __init__(self, model_bytes, B, ctx, cap, kv_shape, kv_torch_dtype, lib=None):
+    def __init__(self, model_bytes, B, ctx, cap, kv_shape, kv_torch_dtype, lib=None, R=0):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -230,13 +256,78 @@ class OrtCase:
         for n, src in (("present_key", "past_key"), ("present_value", "past_value")):
             x = self.t[src]
             io.bind_output(n, "cuda", 0, npd[x.dtype], list(x.shape), x.data_ptr())  # shared buffer
+        if R:  # recent-window rings, shared like the rows
+            for n in ("key", "value"):
+                x = self.t[f"{n}_ring"] = torch.randn(B, HKV, R, D, device="cuda", dtype=torch.float16)
+                io.bind_input(f"past_{n}_recent", "cuda", 0, np.float16, list(x.shape), x.data_ptr())
+                io.bind_output(f"present_{n}_recent", "cuda", 0, np.float16, list(x.shape), x.data_ptr())
         self.io = io
 
     def __call__(self):
         self.sess.run_with_iobinding(self.io)
 
 
+def recent_window_main(R):
+    """Decode-step latency with recent_window = 0 and R (B=1, 4-bit K/V, fp16), shared buffers:
+    kernel level (graph replay through the C ABI) and in an ORT session (IOBinding). The two
+    variants are timed alternately, three rounds each; the table gives the median of the rounds."""
+    import onnxruntime as ort
+    lib = tqcuda.load()
+    props = torch.cuda.get_device_properties(0)
+    tq_lib = os.environ.get("TQ_ORT_LIB")
+    ctxs = [int(x) for x in _arg("--contexts", "16384,131072").split(",")]
+    print(f"GPU {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}; CUDA {torch.version.cuda}; "
+          f"onnxruntime {ort.__version__}; TQ_ORT_LIB={tq_lib}", flush=True)
+    rows = []
+    for ctx in ctxs:
+        cap = ctx + 16
+        ks = {r: TQKernel(lib, 1, ctx, 4, 4, R=r) for r in (0, R)}
+        os_ = {}
+        if tq_lib:
+            for r in (0, R):
+                os_[r] = OrtCase(_tq_model(1, cap, 4, 4, R=r), 1, ctx, cap, (1, HKV, cap, codec.row_bytes(D, 4)),
+                                 torch.uint8, lib=tq_lib, R=r)
+        kt = {r: [] for r in ks}
+        ot = {r: [] for r in os_}
+        for _ in range(3):
+            for r in (0, R):
+                kt[r].append(graph_time(ks[r]))
+                if r in os_:
+                    ot[r].append(wall_time(os_[r], iters=200, warm=20))
+        row = {"ctx": ctx, "R": R}
+        for r in (0, R):
+            row[f"kernel_R{r}_us"] = statistics.median(kt[r])
+            row[f"kernel_R{r}_rounds"] = kt[r]
+            if r in os_:
+                row[f"ort_R{r}_us"] = statistics.median(ot[r])
+                row[f"ort_R{r}_rounds"] = ot[r]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del ks, os_
+        torch.cuda.empty_cache()
+    lines = [f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, CUDA {torch.version.cuda}, "
+             f"onnxruntime {ort.__version__}", "",
+             f"| ctx | ORT session R=0 us | ORT session R={R} us | delta | kernel (graph) R=0 us | kernel R={R} us | delta |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o0, o1 = r.get("ort_R0_us"), r.get(f"ort_R{R}_us")
+        k0, k1 = r["kernel_R0_us"], r[f"kernel_R{R}_us"]
+        od = f"{o1 - o0:+.1f}" if o0 and o1 else "n/a"
+        lines.append(f"| {r['ctx']} | {o0 or float('nan'):.1f} | {o1 or float('nan'):.1f} | {od} | {k0:.1f} | {k1:.1f} | "
+                     f"{k1 - k0:+.1f} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "recent_window.md"), "w") as fh:
+            fh.write(text + "\n")
+        with open(os.path.join(out, "recent_window.json"), "w") as fh:
+            json.dump(rows, fh)
+
+
 def main():
+    if _arg("--recent-window", None):
+        return recent_window_main(int(_arg("--recent-window", "64")))
     lib = tqcuda.load()
     props = torch.cuda.get_device_properties(0)
     have_ort, ort_ver = ort_available()

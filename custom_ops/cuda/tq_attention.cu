@@ -8,6 +8,12 @@
 //       cores (decode_split_kernel), then decode_combine_kernel merges the splits, rotates the value
 //       accumulator back once, and adds the new token exactly.
 //   3b. otherwise attn_simple_kernel: one warp per (batch, query token, head), all cases.
+// Recent window (R > 0, docs/ops.md 4): cached positions [max(0, past_len - R), past_len) are read
+// exactly from the rings instead of from the rows. 3a: the split kernels stop at past_len - R, the
+// pre-pass computes one more partial (max, sum, unrotated accumulator) per query head over the ring
+// segment, the combine merges it and writes the new token's ring slot (after every read: stream
+// order). 3b: the simple kernel reads the ring segment itself; ring_write_kernel writes the slots
+// afterwards. R = 0 runs the same instantiations as before the window existed (RING = false).
 #include <math.h>
 
 #include "tq_codec.cuh"
@@ -33,6 +39,14 @@ struct AttnArgs {
   int B, S, Hq, Hkv, d, Pp, Rk, Rv;
   int kbits, vbits, use_qjl, m, window;
   float scale, softcap, inv_sqrt_d;
+  // recent window (R > 0 only)
+  const void* kr;         // past_key_recent T [B, Hkv, R, d] (read)
+  const void* vr;         // past_value_recent (read; unused when vbits = 0)
+  void* pkr;              // present_key_recent (written; may be null)
+  void* pvr;              // present_value_recent (written when vbits > 0; may be null)
+  const float* ring_o;    // [B*Hq, d] exact partial of the ring segment (fast path)
+  const float* ring_ml;   // [B*Hq, 2] its max (log2 domain) and sum
+  int R;
 };
 
 __device__ __forceinline__ bool batch_geometry(const int32_t* seqlens, int b, int S, int Pp, int& L, int& past,
@@ -102,6 +116,30 @@ __global__ void copy_values_kernel(const T* __restrict__ v, T* __restrict__ pv, 
   }
 }
 
+// Recent window, after attention: the new token at position p goes to ring slot p % R iff it is
+// valid (p < L) and among the last R (p >= L - R); kf holds the keys after RoPE (float32), written
+// as T. Those positions are distinct modulo R, so no two threads write one slot.
+template <typename T>
+__global__ void ring_write_kernel(const float* __restrict__ kf, const T* __restrict__ v, const int32_t* __restrict__ seqlens,
+                                  T* pkr, T* pvr, int B, int S, int Hkv, int d, int Pp, int R) {
+  const int64_t total = (int64_t)B * S * Hkv * d;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    int c = (int)(idx % d);
+    int64_t t = idx / d;
+    int g = (int)(t % Hkv);
+    int64_t bs = t / Hkv;
+    int i = (int)(bs % S), b = (int)(bs / S);
+    int L, past, nvalid;
+    if (!batch_geometry(seqlens, b, S, Pp, L, past, nvalid)) continue;
+    const int p = past + i;
+    if (p >= L || p < L - R) continue;
+    const int64_t off = (((int64_t)b * Hkv + g) * R + p % R) * d + c;
+    if (pkr) pkr[off] = from_f<T>(kf[idx]);
+    if (pvr) pvr[off] = v[idx];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3b. Simple kernel: warp per (b, i, h). Correct for every case; used for prefill and fallbacks.
 constexpr int kSimpleWarps = 4;
@@ -168,7 +206,7 @@ __device__ __forceinline__ void rotate_inv(const float (&y)[E], float (&x)[E], c
   }
 }
 
-template <typename T, int E, bool HAD>
+template <typename T, int E, bool HAD, bool RING>
 __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs a) {
   __shared__ float kcb[256], vcb[256];
   __shared__ float bufs[kSimpleWarps][256];
@@ -228,8 +266,10 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
 #pragma unroll
   for (int e = 0; e < E; ++e) accr[e] = accp[e] = 0.f;
   const int cached_hi = min(past, p + 1);
+  // RING: rows only below past - R (the same boundary for every query of the step)
+  const int comp_hi = RING ? min(cached_hi, max(0, past - a.R)) : cached_hi;
   const int64_t head_row0 = ((int64_t)b * a.Hkv + g) * a.Pp;
-  for (int j = lo; j < cached_hi; ++j) {
+  for (int j = lo; j < comp_hi; ++j) {
     const uint32_t* kr = reinterpret_cast<const uint32_t*>(a.pk + (head_row0 + j) * a.Rk);
     float dot = 0.f;
 #pragma unroll
@@ -268,6 +308,34 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
         int c = e * 32 + lane;
         float vv = c < d ? to_f<T>(vr[c]) : 0.f;
         accp[e] = accp[e] * corr + pj * vv;
+      }
+    }
+  }
+  if (RING) {
+    // Recent cached positions, exactly from the rings (slot j % R; values from the value ring, or
+    // from the rows when values are not compressed).
+    const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
+    for (int j = max(lo, comp_hi); j < cached_hi; ++j) {
+      const T* kk = reinterpret_cast<const T*>(a.kr) + (ring0 + j % a.R) * d;
+      float dot = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        int c = e * 32 + lane;
+        if (c < d) dot += qv[e] * to_f<T>(kk[c]);
+      }
+      float s = softcap_f(warp_sum(dot) * a.scale, a.softcap);
+      float mn = fmaxf(mx, s);
+      float corr = __expf(mx - mn), pj = __expf(s - mn);
+      l = l * corr + pj;
+      mx = mn;
+      const T* vv = a.vbits ? reinterpret_cast<const T*>(a.vr) + (ring0 + j % a.R) * d
+                            : reinterpret_cast<const T*>(a.pv) + (head_row0 + j) * d;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        int c = e * 32 + lane;
+        float x = c < d ? to_f<T>(vv[c]) : 0.f;
+        accr[e] *= corr;
+        accp[e] = accp[e] * corr + pj * x;
       }
     }
   }
@@ -339,6 +407,7 @@ struct DecodeArgs {
   float* part_ml;     // [B*Hq, nsplit, 2]
   int Hq, Hkv, G, Pp, Rk, Rv, kbits, vbits, m, window, nsplit, stage_bytes;
   float softcap;
+  int R;              // recent window: the rows end at past_len - R (the pre-pass reads the rest)
 };
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -435,12 +504,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 2) decode_split_kernel(Deco
   const int L = a.seqlens[b] + 1;
   const bool ok = L >= 1 && L <= a.Pp;
   const int past = ok ? L - 1 : 0;
+  const int chi = a.R > 0 ? max(0, past - a.R) : past;  // end of the compressed segment
   const int lo = (a.window > 0) ? max(0, past - a.window + 1) : 0;
-  const int ncached = max(0, past - lo);
+  const int ncached = max(0, chi - lo);
   int chunk = (ncached + a.nsplit - 1) / a.nsplit;
   chunk = (chunk + 15) & ~15;
   const int kbeg = lo + split * chunk;
-  const int kend = min(past, kbeg + chunk);
+  const int kend = min(chi, kbeg + chunk);
 
   // Query fragments.
   const int64_t qbase = ((int64_t)b * a.Hq + (int64_t)g * a.G) * D;
@@ -795,6 +865,13 @@ struct PreArgs {
   uint8_t* pv;
   int B, Hq, Hkv, d, Pp, Rk, Rv, kbits, vbits, use_qjl, m, rotary, max_pos;
   float qscale, inv_sqrt_d;
+  // recent window (RING): B*Hkv more blocks, the exact partials of the ring segment
+  const void* kr;
+  const void* vr;
+  float* ring_o;   // [B*Hq, d]
+  float* ring_ml;  // [B*Hq, 2]
+  int R, window, ring_tk;  // ring_tk: keys per shared-memory tile of a RING block
+  float scale, softcap;
 };
 
 template <typename T, int E>
@@ -826,7 +903,205 @@ __device__ __forceinline__ void load_rope(const T* src, const T* cosc, const T* 
   __syncwarp();
 }
 
-template <typename T, int E, bool HAD>
+// Two consecutive T (4-byte aligned for 16-bit T, 8-byte for float) as float2.
+template <typename T> __device__ __forceinline__ float2 to_f2(const T* p);
+template <> __device__ __forceinline__ float2 to_f2<float>(const float* p) { return *reinterpret_cast<const float2*>(p); }
+template <> __device__ __forceinline__ float2 to_f2<__half>(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+template <> __device__ __forceinline__ float2 to_f2<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
+// 16 bytes of T (8 halves or 4 floats) dotted with q[0 ..), accumulated into acc.
+template <typename T>
+__device__ __forceinline__ float dot16(const uint4& u, const float* q, float acc) {
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int k = 0; k < (int)(16 / sizeof(T)); ++k) acc = fmaf(q[k], to_f<T>(e[k]), acc);
+  return acc;
+}
+
+// Stage ring positions r0 + t0 .. + nk (slots modulo R) of K and V into shared memory (cp.async,
+// committed as one group; plain copies when the rings are not 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void ring_stage(const T* kring, const T* vring, uint8_t* Ks, uint8_t* Vs, int kstride,
+                                           int rowb, int d, int R, int first, int nk, bool vec) {
+  const int rowg = rowb / 16;
+  for (int x = threadIdx.x; x < nk * rowg; x += blockDim.x) {
+    const int j = x / rowg, u = x - j * rowg;
+    const int64_t slot = (first + j) % R;
+    const uint8_t* ksrc = reinterpret_cast<const uint8_t*>(kring + slot * d) + 16 * u;
+    const uint8_t* vsrc = reinterpret_cast<const uint8_t*>(vring + slot * d) + 16 * u;
+    uint8_t* kdst = Ks + j * kstride + 16 * u;
+    uint8_t* vdst = Vs + j * rowb + 16 * u;
+    if (vec) {
+      cp_async16(kdst, ksrc);
+      cp_async16(vdst, vsrc);
+    } else {
+#pragma unroll
+      for (int k = 0; k < (int)(16 / sizeof(T)); ++k) {
+        reinterpret_cast<T*>(kdst)[k] = reinterpret_cast<const T*>(ksrc)[k];
+        reinterpret_cast<T*>(vdst)[k] = reinterpret_cast<const T*>(vsrc)[k];
+      }
+    }
+  }
+  cp_commit();
+}
+
+// RING blocks of the pre-pass (one per (b, kv head), after the warp jobs' blocks): the exact partial
+// of the ring segment [max(lo, past - R), past) for the G query heads of the group, in the split
+// kernel's format (max in the log2 domain of the scaled, softcapped scores; sum; unrotated value
+// accumulator), for the combine. Latency matters more than work here (it runs beside the encode
+// warps, before the split kernel): the segment's K and V rows are staged through shared memory with
+// cp.async (all in flight at once, TK keys per tile), then scores (thread per (head, key)), the
+// softmax per head (warp per head) and the values (thread per (head, coordinate pair)) run from there.
+// v1 used one warp per query head walking the ring from global memory: +16 us at 128K (a memory
+// latency per key in the value loop, the rings evicted from L2 by the rows), +6 us at 16K; v2 (these
+// blocks with a scalar value loop and the queries loaded one element at a time) +3.7 / +3.1 us; v3
+// (this code) +1.2 / +0.6 us (docs/cuda.md, "Recent window").
+template <typename T>
+__device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint8_t* dyn) {
+  const int d = a.d, G = a.Hq / a.Hkv, TK = a.ring_tk;
+  const int b = bg / a.Hkv, g = bg - b * a.Hkv;
+  const int tid = threadIdx.x, nt = blockDim.x, warp = tid >> 5, lane = tid & 31;
+  const int Gd = G * d;
+  float* qs = reinterpret_cast<float*>(dyn);        // [G][d] queries after RoPE
+  float* os = qs + Gd;                               // [G][d] value accumulators
+  float* sc = os + Gd;                               // [G][TK] scores, then weights
+  float* hm = sc + ((G * TK + 3) & ~3);              // per head: running max, sum, tile correction
+  float* hl = hm + 16;
+  float* hc = hl + 16;
+  const int rowb = d * (int)sizeof(T);               // a multiple of 32 bytes on the fast path
+  const int kstride = rowb + 16;                     // padded: threads of a warp read different keys
+  uint8_t* Ks = reinterpret_cast<uint8_t*>(hc + 16);
+  uint8_t* Vs = Ks + TK * kstride;
+  const int L = a.seqlens[b] + 1;
+  const bool ok = L >= 1 && L <= a.Pp;
+  const int past = ok ? L - 1 : 0;
+  const int lo = a.window > 0 ? max(0, past - a.window + 1) : 0;
+  const int r0 = max(lo, max(0, past - a.R));
+  const int nr = max(0, past - r0);
+  const T* kring = reinterpret_cast<const T*>(a.kr) + (int64_t)bg * a.R * d;
+  const T* vring = reinterpret_cast<const T*>(a.vr) + (int64_t)bg * a.R * d;
+  const bool vec = ((reinterpret_cast<uintptr_t>(a.kr) | reinterpret_cast<uintptr_t>(a.vr)) & 15) == 0;
+  const int rowg = rowb / 16;
+  if (nr > 0) ring_stage<T>(kring, vring, Ks, Vs, kstride, rowb, d, a.R, r0, min(TK, nr), vec);  // in flight meanwhile
+  int pos = past;
+  if (a.rotary) pos = min(max(pos, 0), a.max_pos - 1);
+  const int half = d / 2;
+  const T* qsrc = reinterpret_cast<const T*>(a.q) + ((int64_t)b * a.Hq + (int64_t)g * G) * d;
+  constexpr int kQ = 8;  // query elements per thread in flight at once (v2 loaded them one by one)
+  for (int x0 = tid; x0 < Gd; x0 += nt * kQ) {
+    float v[kQ];
+#pragma unroll
+    for (int k = 0; k < kQ; ++k) {
+      const int x = x0 + k * nt;
+      v[k] = 0.f;
+      if (x < Gd) {
+        const int h = x / d, c = x - h * d;
+        const T* src = qsrc + (int64_t)h * d;
+        v[k] = to_f<T>(__ldg(src + c));
+        if (a.rotary) {
+          const T* cs = reinterpret_cast<const T*>(a.cosc);
+          const T* sn = reinterpret_cast<const T*>(a.sinc);
+          const int cc = c < half ? c : c - half;
+          const float co = to_f<T>(__ldg(cs + (int64_t)pos * half + cc)), si = to_f<T>(__ldg(sn + (int64_t)pos * half + cc));
+          const float o = to_f<T>(__ldg(src + (c < half ? c + half : c - half)));
+          v[k] = c < half ? __fsub_rn(__fmul_rn(v[k], co), __fmul_rn(o, si)) : __fadd_rn(__fmul_rn(v[k], co), __fmul_rn(o, si));
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kQ; ++k) {
+      const int x = x0 + k * nt;
+      if (x < Gd) {
+        qs[x] = v[k];
+        os[x] = 0.f;
+      }
+    }
+  }
+  if (tid < 16) {
+    hm[tid] = -INFINITY;
+    hl[tid] = 0.f;
+  }
+  constexpr int kPer = 16 / sizeof(T);
+  for (int t0 = 0; t0 < nr; t0 += TK) {
+    const int nk = min(TK, nr - t0);
+    cp_wait<0>();
+    __syncthreads();  // tile staged; queries and state written
+    for (int x = tid; x < G * nk; x += nt) {
+      const int h = x / nk, j = x - h * nk;
+      const float* qh = qs + h * d;
+      const uint4* kk = reinterpret_cast<const uint4*>(Ks + j * kstride);
+      float acc0 = 0.f, acc1 = 0.f;
+      for (int u = 0; u < rowg; u += 2) {  // rowg is even
+        acc0 = dot16<T>(kk[u], qh + u * kPer, acc0);
+        acc1 = dot16<T>(kk[u + 1], qh + (u + 1) * kPer, acc1);
+      }
+      sc[h * TK + j] = softcap_f((acc0 + acc1) * a.scale, a.softcap) * kLog2e;
+    }
+    __syncthreads();
+    for (int h = warp; h < G; h += nt / 32) {
+      float mx = -INFINITY;
+      for (int j = lane; j < nk; j += 32) mx = fmaxf(mx, sc[h * TK + j]);
+      mx = warp_max(mx);
+      const float mo = hm[h], mn = fmaxf(mo, mx), corr = exp2f(mo - mn);
+      float sum = 0.f;
+      for (int j = lane; j < nk; j += 32) {
+        const float pj = exp2f(sc[h * TK + j] - mn);
+        sc[h * TK + j] = pj;
+        sum += pj;
+      }
+      sum = warp_sum(sum);
+      __syncwarp();  // every lane has read hm[h] / hl[h] (shuffles do not order memory)
+      if (lane == 0) {
+        hm[h] = mn;
+        hl[h] = hl[h] * corr + sum;
+        hc[h] = corr;
+      }
+    }
+    __syncthreads();
+    // values: thread per (head, coordinate pair), two keys at a time into separate accumulators
+    for (int x = 2 * tid; x < Gd; x += 2 * nt) {
+      const int h = x / d, c = x - h * d;
+      const float* ph = sc + h * TK;
+      const T* vc = reinterpret_cast<const T*>(Vs) + c;
+      float2 a0 = make_float2(0.f, 0.f), a1 = make_float2(0.f, 0.f);
+      int j = 0;
+#pragma unroll 4
+      for (; j + 1 < nk; j += 2) {
+        const float p0 = ph[j], p1 = ph[j + 1];
+        const float2 v0 = to_f2<T>(vc + j * d), v1 = to_f2<T>(vc + (j + 1) * d);
+        a0.x = fmaf(p0, v0.x, a0.x);
+        a0.y = fmaf(p0, v0.y, a0.y);
+        a1.x = fmaf(p1, v1.x, a1.x);
+        a1.y = fmaf(p1, v1.y, a1.y);
+      }
+      if (j < nk) {
+        const float2 v0 = to_f2<T>(vc + j * d);
+        a0.x = fmaf(ph[j], v0.x, a0.x);
+        a0.y = fmaf(ph[j], v0.y, a0.y);
+      }
+      const float cr = hc[h];
+      os[x] = os[x] * cr + (a0.x + a1.x);
+      os[x + 1] = os[x + 1] * cr + (a0.y + a1.y);
+    }
+    if (t0 + TK < nr) {
+      __syncthreads();  // everyone is done with this tile
+      ring_stage<T>(kring, vring, Ks, Vs, kstride, rowb, d, a.R, r0 + t0 + TK, min(TK, nr - t0 - TK), vec);
+    }
+  }
+  __syncthreads();  // the accumulators are owned by coordinate pairs above, by elements here
+  float* ro = a.ring_o + ((int64_t)b * a.Hq + (int64_t)g * G) * d;
+  for (int x = tid; x < Gd; x += nt) ro[x] = os[x];
+  if (tid < G) {
+    a.ring_ml[((int64_t)b * a.Hq + (int64_t)g * G + tid) * 2] = hm[tid];
+    a.ring_ml[((int64_t)b * a.Hq + (int64_t)g * G + tid) * 2 + 1] = hl[tid];
+  }
+}
+
+template <typename T, int E, bool HAD, bool RING>
 __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   __shared__ float cbK[256], bndK[256], cbV[256], bndV[256];
   __shared__ float bufs[4][256];
@@ -840,6 +1115,14 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int w = blockIdx.x * 4 + warp;
   const int BHq = a.B * a.Hq, BHk = a.B * a.Hkv;
+  if (RING) {
+    const int warp_blocks = (BHq + 2 * BHk + 3) / 4;
+    if ((int)blockIdx.x >= warp_blocks) {
+      extern __shared__ float4 pre_dyn4[];
+      decode_ring_block<T>(a, blockIdx.x - warp_blocks, reinterpret_cast<uint8_t*>(pre_dyn4));
+      return;
+    }
+  }
   if (w >= BHq + 2 * BHk) return;
   const int d = a.d;
   float* buf = bufs[warp];
@@ -909,7 +1192,7 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
 }
 
 // Per (b, h) warp: merge the splits, rotate back, add the new token exactly, normalize.
-template <typename T, int E, bool HAD>
+template <typename T, int E, bool HAD, bool RING>
 __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                       int nsplit) {
   __shared__ float bufs[4][256];
@@ -932,6 +1215,11 @@ __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part
   float M = -INFINITY;
   for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, part_ml[((int64_t)w * nsplit + s) * 2]);
   M = warp_max(M);
+  float mr = -INFINITY;
+  if (RING) {  // the ring segment's exact partial joins the merge
+    mr = a.ring_ml[(int64_t)w * 2];
+    M = fmaxf(M, mr);
+  }
   float l = 0.f;
   for (int s = lane; s < nsplit; s += 32) {
     const float ms = part_ml[((int64_t)w * nsplit + s) * 2];
@@ -940,6 +1228,11 @@ __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part
     l += f * part_ml[((int64_t)w * nsplit + s) * 2 + 1];
   }
   l = warp_sum(l);
+  float fr = 0.f;
+  if (RING) {
+    fr = (M == -INFINITY || mr == -INFINITY) ? 0.f : exp2f(mr - M);
+    l += fr * a.ring_ml[(int64_t)w * 2 + 1];
+  }
   __syncwarp();
   float o[E];
 #pragma unroll
@@ -956,6 +1249,13 @@ __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part
   }
   float x[E];
   rotate_inv<E, HAD>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
+  if (RING) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      int c = e * 32 + lane;
+      if (c < d) x[e] += fr * a.ring_o[(int64_t)w * d + c];
+    }
+  }
   // New token (position past), exact.
   const float* q = a.qf + (int64_t)w * d;
   const float* kn = a.kf + ((int64_t)b * a.Hkv + g) * d;
@@ -975,6 +1275,15 @@ __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part
     int c = e * 32 + lane;
     if (c < d) out[c] = from_f<T>((x[e] * fo + to_f<T>(vn[c]) * fn) * il);
   }
+  // Ring slot of the new token (S = 1: p = past is valid and among the last R), once per kv head,
+  // after the pre-pass read the ring (stream order).
+  if (RING && h == g * (a.Hq / a.Hkv)) {
+    const int64_t off = (((int64_t)b * a.Hkv + g) * a.R + past % a.R) * d;
+    for (int c = lane; c < d; c += 32) {
+      if (a.pkr) reinterpret_cast<T*>(a.pkr)[off + c] = from_f<T>(kn[c]);
+      if (a.pvr) reinterpret_cast<T*>(a.pvr)[off + c] = vn[c];
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -987,6 +1296,8 @@ struct Workspace {
   __half* sqh;
   float* part_o;
   float* part_ml;
+  float* ring_o;   // recent window on the fast path: [B*Hq, d] and [B*Hq, 2]
+  float* ring_ml;
   size_t bytes;
 };
 
@@ -1031,6 +1342,10 @@ static Workspace carve(const TqAttnParams* p, void* base) {
     w.sqh = (__half*)take(sizeof(__half) * p->B * p->Hq * (p->use_qjl ? p->m : 1));
     w.part_o = (float*)take(sizeof(float) * p->B * p->Hq * ns * p->d);
     w.part_ml = (float*)take(sizeof(float) * p->B * p->Hq * ns * 2);
+    if (p->recent_window > 0) {
+      w.ring_o = (float*)take(sizeof(float) * p->B * p->Hq * p->d);
+      w.ring_ml = (float*)take(sizeof(float) * p->B * p->Hq * 2);
+    }
   }
   w.bytes = off;
   return w;
@@ -1048,6 +1363,18 @@ static size_t decode_smem_bytes(const TqAttnParams* p, int& stage_bytes) {
   size_t merge = sizeof(float) * kDecodeWarps * G * (p->d + 2);
   size_t st = 2 * (size_t)stage_bytes;
   return lut + (st > merge ? st : merge);
+}
+
+// Dynamic shared memory of a RING block of the pre-pass (decode_ring_block) and its keys per tile.
+static size_t ring_block_smem(const TqAttnParams* p, int& tk) {
+  const size_t G = (size_t)(p->Hq / p->Hkv), d = (size_t)p->d, ts = p->dtype == kF32 ? 4 : 2;
+  auto bytes = [&](size_t t) {
+    return 4 * (2 * G * d + ((G * t + 3) & ~(size_t)3) + 48) + t * (d * ts + 16) + t * d * ts;
+  };
+  size_t t = p->recent_window < 64 ? (size_t)p->recent_window : 64;
+  while (t > 1 && bytes(t) > 96 * 1024) t = (t + 1) / 2;
+  tk = (int)t;
+  return bytes(t);
 }
 
 template <int D, bool QJL, bool BIGG, bool B4>
@@ -1076,7 +1403,7 @@ static int launch_split_d(const DecodeArgs& da, bool qjl, bool bigg, int B, int 
   return bigg ? launch_split<D, false, true, false>(da, B, Hkv, smem, s) : launch_split<D, false, false, false>(da, B, Hkv, smem, s);
 }
 
-template <typename T, int E, bool HAD>
+template <typename T, int E, bool HAD, bool RING>
 static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Workspace& ws, cudaStream_t stream) {
   if (fast_path_ok(p)) {
     const int ns = choose_nsplit(p);
@@ -1116,7 +1443,30 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       pa.qscale = qscale;
       pa.inv_sqrt_d = aa.inv_sqrt_d;
       const int jobs = (int)(p->B * (p->Hq + 2 * p->Hkv));
-      decode_pre_kernel<T, E, HAD><<<(jobs + 3) / 4, 128, 0, stream>>>(pa);
+      int blocks = (jobs + 3) / 4;
+      size_t dyn = 0;
+      if (RING) {
+        pa.kr = aa.kr;
+        pa.vr = aa.vr;
+        pa.ring_o = ws.ring_o;
+        pa.ring_ml = ws.ring_ml;
+        pa.R = aa.R;
+        pa.window = aa.window;
+        pa.scale = aa.scale;
+        pa.softcap = aa.softcap;
+        dyn = ring_block_smem(p, pa.ring_tk);
+        blocks += (int)(p->B * p->Hkv);
+        static int raised[64] = {0};
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (dev < 0 || dev >= 64 || (int)dyn > raised[dev]) {
+          cudaError_t e = cudaFuncSetAttribute(decode_pre_kernel<T, E, HAD, RING>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
+          if (e != cudaSuccess) return (int)e;
+          if (dev >= 0 && dev < 64) raised[dev] = (int)dyn;
+        }
+      }
+      decode_pre_kernel<T, E, HAD, RING><<<blocks, 128, dyn, stream>>>(pa);
     }
     int rc = (int)cudaGetLastError();
     if (rc) return rc;
@@ -1142,6 +1492,7 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.window = aa.window;
     da.nsplit = ns;
     da.softcap = aa.softcap;
+    da.R = RING ? aa.R : 0;
     size_t smem = decode_smem_bytes(p, da.stage_bytes);
     bool qjl = p->use_qjl != 0, bigg = da.G > 8;
     switch (aa.d) {
@@ -1153,11 +1504,24 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       default: return -1;
     }
     if (rc) return rc;
-    decode_combine_kernel<T, E, HAD><<<(BH + 3) / 4, 128, 0, stream>>>(aa, ws.part_o, ws.part_ml, ns);
+    AttnArgs ac = aa;
+    if (RING) {
+      ac.ring_o = ws.ring_o;
+      ac.ring_ml = ws.ring_ml;
+    }
+    decode_combine_kernel<T, E, HAD, RING><<<(BH + 3) / 4, 128, 0, stream>>>(ac, ws.part_o, ws.part_ml, ns);
     return (int)cudaGetLastError();
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
-  attn_simple_kernel<T, E, HAD><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(aa);
+  attn_simple_kernel<T, E, HAD, RING><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(aa);
+  int rc = (int)cudaGetLastError();
+  if (rc || !RING || (!aa.pkr && !aa.pvr)) return rc;
+  // Ring slots of the new tokens, after the attention kernel read the rings.
+  int64_t total = p->B * p->S * p->Hkv * p->d;
+  int blocks = (int)((total + 255) / 256);
+  if (blocks > num_sms() * 16) blocks = num_sms() * 16;
+  ring_write_kernel<T><<<blocks, 256, 0, stream>>>(aa.kf, (const T*)aa.value, aa.seqlens, (T*)aa.pkr, (T*)aa.pvr,
+                                                   aa.B, aa.S, aa.Hkv, aa.d, aa.Pp, aa.R);
   return (int)cudaGetLastError();
 }
 
@@ -1166,8 +1530,14 @@ static int run_attention_e(const TqAttnParams* p, const AttnArgs& aa, const Work
                            const char** msg) {
   int E = (aa.d + 31) / 32;
   bool had = p->rot_rank == 1;
-#define TQ_ATT_CASE(EE) \
-  case EE: return had ? run_attention_t<T, EE, true>(p, aa, ws, stream) : run_attention_t<T, EE, false>(p, aa, ws, stream);
+  const bool ring = p->recent_window > 0;
+#define TQ_ATT_CASE(EE)                                                                          \
+  case EE:                                                                                       \
+    if (ring)                                                                                    \
+      return had ? run_attention_t<T, EE, true, true>(p, aa, ws, stream)                         \
+                 : run_attention_t<T, EE, false, true>(p, aa, ws, stream);                       \
+    return had ? run_attention_t<T, EE, true, false>(p, aa, ws, stream)                          \
+               : run_attention_t<T, EE, false, false>(p, aa, ws, stream);
   switch (E) {
     TQ_ATT_CASE(1)
     TQ_ATT_CASE(2)
@@ -1208,6 +1578,24 @@ static int run_attention(const TqAttnParams* p, void* wsp, cudaStream_t stream, 
     cudaError_t e = cudaMemcpy2DAsync(p->present_value, (size_t)p->Pp * Rv, p->past_value, (size_t)p->P * Rv,
                                       (size_t)p->P * Rv, (size_t)(p->B * p->Hkv), cudaMemcpyDeviceToDevice, stream);
     if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
+  }
+  // Recent window: present rings = past rings unless shared (the kernels read the past rings and
+  // write only the new slots of the present ones); keys-only: the value ring passes through, or is
+  // zeroed when none (of the ring's shape) was given.
+  if (p->recent_window > 0) {
+    const size_t ring_bytes = (size_t)(p->B * p->Hkv * p->recent_window * p->d) * (p->dtype == kF32 ? 4 : 2);
+    if (p->present_key_recent && p->present_key_recent != p->past_key_recent) {
+      cudaError_t e = cudaMemcpyAsync(p->present_key_recent, p->past_key_recent, ring_bytes, cudaMemcpyDeviceToDevice,
+                                      stream);
+      if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
+    }
+    if (p->present_value_recent && p->present_value_recent != p->past_value_recent) {
+      cudaError_t e = p->past_value_recent
+                          ? cudaMemcpyAsync(p->present_value_recent, p->past_value_recent, ring_bytes,
+                                            cudaMemcpyDeviceToDevice, stream)
+                          : cudaMemsetAsync(p->present_value_recent, 0, ring_bytes, stream);
+      if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
+    }
   }
   if (!fast) {
     RowSink sk{(uint8_t*)p->present_key, Rk, 1, (int)p->S, (int)p->Hkv, (int)p->Pp, p->seqlens_k};
@@ -1258,6 +1646,13 @@ static int run_attention(const TqAttnParams* p, void* wsp, cudaStream_t stream, 
   aa.scale = p->scale != 0.0 ? (float)p->scale : (float)(1.0 / sqrt((double)d));
   aa.softcap = (float)p->softcap;
   aa.inv_sqrt_d = p->rot_rank == 1 ? (float)(1.0 / sqrt((double)d)) : 1.f;
+  if (p->recent_window > 0) {
+    aa.R = (int)p->recent_window;
+    aa.kr = p->past_key_recent;
+    aa.vr = p->value_bits ? p->past_value_recent : nullptr;
+    aa.pkr = p->present_key_recent;
+    aa.pvr = p->value_bits ? p->present_value_recent : nullptr;  // keys-only: passed through above
+  }
   int rc = run_attention_e<T>(p, aa, ws, stream, msg);
   if (rc && !*msg) *msg = cudaGetErrorString((cudaError_t)rc);
   return rc;
@@ -1271,6 +1666,11 @@ int attention(const TqAttnParams* p, void* ws, size_t ws_bytes, cudaStream_t str
   if (p->key_bits < 1 || p->key_bits > 8 || p->value_bits < 0 || p->value_bits > 8) { *msg = "bits out of range"; return -1; }
   if (p->use_qjl && (!p->qjl || p->m < 1 || p->m > 256)) { *msg = "qjl_matrix: m must be in [1, 256]"; return -1; }
   if (p->do_rotary && (!p->cos_cache || !p->sin_cache || p->max_pos < 1)) { *msg = "cos_cache/sin_cache required"; return -1; }
+  if (p->recent_window < 0) { *msg = "recent_window must be >= 0"; return -1; }
+  if (p->recent_window > 0 && (!p->past_key_recent || (p->value_bits && !p->past_value_recent))) {
+    *msg = "recent_window > 0: past_key_recent (and past_value_recent when value_bits > 0) required";
+    return -1;
+  }
   if (ws_bytes < attention_workspace(p)) { *msg = "workspace too small"; return -1; }
   if (p->B <= 0 || p->S <= 0) return 0;
   switch (p->dtype) {

@@ -65,6 +65,16 @@ typedef struct TqAttnParams {
   double scale;               /* 0 -> 1/sqrt(d) */
   double softcap;             /* 0 -> none */
   int64_t force_path;         /* 0 auto, 1 simple kernel, 2 split-K decode kernel (tests) */
+  /* Recent window (docs/ops.md 4): R = recent_window > 0 reads cached positions
+   * [max(0, past_len - R), past_len) exactly from the rings (position j in slot j % R) and writes the
+   * last R valid new tokens after attention. R = 0: every ring pointer is ignored. */
+  const void* past_key_recent;     /* T [B, Hkv, R, d], required when R > 0 */
+  const void* past_value_recent;   /* T [B, Hkv, R, d], required when R > 0 and value_bits > 0; with
+                                      value_bits = 0 never read: copied to present_value_recent if
+                                      non-NULL, else present_value_recent is zeroed */
+  void* present_key_recent;        /* T [B, Hkv, R, d] (== past_key_recent: shared buffer); NULL: not produced */
+  void* present_value_recent;      /* likewise */
+  int64_t recent_window;           /* R >= 0 */
 } TqAttnParams;
 
 /* Bytes of device scratch tq_cuda_attention needs (pass at least this much, 256-byte aligned). */

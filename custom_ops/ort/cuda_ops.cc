@@ -194,8 +194,11 @@ struct DecodeOp : CudaOpBase<DecodeOp, DecodeKernel> {
 };
 
 // --------------------------------------------------------------------------------- Attention
-// Inputs 13/14 and outputs 3/4 (the recent-window rings, docs/ops.md 4) are declared so that graphs
-// load on this EP; recent_window > 0 itself is not implemented here yet (the kernel fails).
+// Inputs 13/14 and outputs 3/4 are the recent-window rings (docs/ops.md 4), with the CPU adapter's
+// decisions: R = 0 ignores ring inputs and gives ring outputs of shape [B, Hkv, 0, d]; R > 0 needs
+// past_key_recent (and past_value_recent unless value_bits = 0) of dtype T and shape [B, Hkv, R, d];
+// absent ring outputs are not written; keys-only: a value ring of the ring's shape and dtype passes
+// through to present_value_recent (never read), anything else gives zeros.
 enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos,
           kSin, kPastKeyRecent, kPastValueRecent, kNumIn };
 const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
@@ -221,9 +224,6 @@ struct AttentionKernel {
     recent_ = ort::attr_int(info, "recent_window", 0);
     if (!(softcap_ >= 0.0f)) ort::fail("attribute softcap: expected >= 0");
     if (recent_ < 0) ort::fail("attribute recent_window=" + str(recent_) + ": expected >= 0 (0 = off)");
-    if (recent_ > 0)
-      ort::fail("attribute recent_window=" + str(recent_) + ": recent_window > 0 is not implemented on the CUDA EP "
-                "yet; run this model on the CPU EP, or rewrite it with recent_window=0");
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
 
@@ -276,12 +276,32 @@ struct AttentionKernel {
       }
       max_pos = in[kCos].dim(0);
     }
+    // Recent-window rings: T [B, Hkv, R, d]; the value ring only when values are compressed.
+    const int64_t R = recent_;
+    const std::vector<int64_t> ring_shape{B, hkv_, R, int64_t(d)};
+    const std::string ring_expected = ort::shape_str(ring_shape) +
+                                      " = [B, kv_num_heads, recent_window, d] (recent_window=" + str(R) + ")";
+    if (R > 0) {
+      for (size_t i : {size_t(kPastKeyRecent), size_t(kPastValueRecent)}) {
+        if (i == kPastValueRecent && keys_only) continue;  // ignored: values are exact in the rows
+        const Input& r = in[i];
+        r.require(r.present, std::string("a ") + ort::type_name(q.type) + " " + ring_expected + " ring buffer");
+        r.require(r.type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (the query's)");
+        r.require(r.shape == ring_shape, ring_expected);
+      }
+    }
     auto out = ctx.GetOutput(kOutput, {B, S, hq_ * d});
     auto prk = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, int64_t(Rk)});
     auto prv = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, Rv});
-    // recent_window = 0: ring outputs the graph asks for are empty [B, Hkv, 0, d] tensors.
-    for (size_t o : {size_t(kPresentKeyRecent), size_t(kPresentValueRecent)})
-      if (ctx.GetOutputCount() > o) ctx.GetOutput(o, {B, hkv_, 0, int64_t(d)});
+    // Ring outputs the graph asks for ([B, Hkv, 0, d] when R = 0); absent ones ("" or missing): nullptr.
+    void* present_kr = nullptr;
+    void* present_vr = nullptr;
+    if (ctx.GetOutputCount() > kPresentKeyRecent)
+      if (auto o = ctx.GetOutput(kPresentKeyRecent, ring_shape))
+        if (R > 0) present_kr = o.GetTensorMutableRawData();
+    if (ctx.GetOutputCount() > kPresentValueRecent)
+      if (auto o = ctx.GetOutput(kPresentValueRecent, ring_shape))
+        if (R > 0) present_vr = o.GetTensorMutableRawData();
     TqAttnParams p{};
     p.query = q.data;
     p.key = k.data;
@@ -316,6 +336,16 @@ struct AttentionKernel {
     p.local_window = window_;
     p.scale = scale_;
     p.softcap = softcap_;
+    p.recent_window = R;
+    if (R > 0) {
+      p.past_key_recent = in[kPastKeyRecent].data;
+      // keys-only: the value ring is never read; a well-formed one is passed through, else zeros.
+      const Input& pvr = in[kPastValueRecent];
+      p.past_value_recent =
+          !keys_only || (pvr.present && pvr.type == q.type && pvr.shape == ring_shape) ? pvr.data : nullptr;
+      p.present_key_recent = present_kr;
+      p.present_value_recent = present_vr;
+    }
     if (B == 0 || S == 0) return;
     Scratch ws(ctx, tq_cuda_attention_workspace(&p));
     check(tq_cuda_attention(&p, ws.ptr, tq_cuda_attention_workspace(&p), ctx.GetGPUComputeStream()), name_);

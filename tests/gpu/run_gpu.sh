@@ -2,6 +2,12 @@
 # One device call: build the kernel library, run the kernel tests (full sweep), the quick sweep
 # under compute-sanitizer memcheck, and optionally the benchmark. Logs under $OUT (or build/gpu/out).
 #   tests/gpu/run_gpu.sh [build] [test] [sanitize] [bench] [ort]
+# Steps: build (nvcc, build/gpu/libtq_cuda.so) | prebuilt (use a carried build/gpu/libtq_cuda.so if it
+# loads, else build) | test (full kernel sweep, recent window included) | ringtest (recent-window
+# cases only) | sanitize (memcheck, quick sweep) | ringsanitize / ringracecheck (memcheck / racecheck, recent-window
+# quick cases)
+# | ortunpack | ortbuild | ortprebuilt (carried build/ort/libtq_ort_ops.so if present, else ortbuild)
+# | orttest | benchort | benchring (R = 0 vs 64, ORT session and kernel) | ncu | sass | bench
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-build/gpu/out}"; mkdir -p "$OUT"
@@ -13,13 +19,30 @@ for s in $steps; do
     build) { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1;
              time tests/gpu/build.sh; } > "$OUT/build.log" 2>&1 || { rc=1; tail -40 "$OUT/build.log"; }
            grep -A1 "decode_split_kernel" build/gpu/tq_attention.ptxas.log | grep -E "registers|spill" | head -8 ;;
+    prebuilt) if python3 -c "import ctypes; ctypes.CDLL('build/gpu/libtq_cuda.so').tq_cuda_row_bytes" 2>/dev/null; then
+                echo "using the carried build/gpu/libtq_cuda.so"
+              else
+                echo "carried library unusable: building"; tests/gpu/build.sh > "$OUT/build.log" 2>&1 || { rc=1; tail -40 "$OUT/build.log"; }
+              fi ;;
     test) python3 tests/gpu/test_kernels.py > "$OUT/test.log" 2>&1 || rc=1; grep -E "FAIL|passed" "$OUT/test.log" | tail -25 ;;
+    ringtest) python3 tests/gpu/test_kernels.py --only=ring,ring_steps > "$OUT/ringtest.log" 2>&1 || rc=1
+              grep -E "FAIL|passed" "$OUT/ringtest.log" | tail -25 ;;
+    ringsanitize) timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
+                    --only=ring,ring_steps > "$OUT/ringsanitize.log" 2>&1; src=$?; echo "sanitizer (ring) rc=$src"; [ $src -ne 0 ] && rc=1
+                  grep -E "ERROR SUMMARY|passed|Invalid|FAIL" "$OUT/ringsanitize.log" | head -12 ;;
     sanitize) timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
                 > "$OUT/sanitize.log" 2>&1; src=$?; echo "sanitizer rc=$src"; [ $src -ne 0 ] && rc=1
               grep -E "ERROR SUMMARY|passed|Invalid|FAIL" "$OUT/sanitize.log" | head -12 ;;
     ortbuild) { cmake -S . -B build/ort -DCMAKE_BUILD_TYPE=Release -DTQ_ORT_INCLUDE_DIR="$PWD/.device/ort-include" \
                   -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build/ort -j16; } > "$OUT/ortbuild.log" 2>&1 \
                 || { rc=1; tail -30 "$OUT/ortbuild.log"; }; ls -la build/ort/libtq_ort_ops.so ;;
+    ringracecheck) timeout 400 compute-sanitizer --tool racecheck --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
+                     --only=ring,ring_steps > "$OUT/ringracecheck.log" 2>&1; src=$?; echo "racecheck (ring) rc=$src"; [ $src -ne 0 ] && rc=1
+                   grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed|FAIL" "$OUT/ringracecheck.log" | head -12 ;;
+    ortprebuilt) if [ -f build/ort/libtq_ort_ops.so ]; then echo "using the carried build/ort/libtq_ort_ops.so"; else
+                   { cmake -S . -B build/ort -DCMAKE_BUILD_TYPE=Release -DTQ_ORT_INCLUDE_DIR="$PWD/.device/ort-include" \
+                       -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build/ort -j16; } > "$OUT/ortbuild.log" 2>&1 \
+                   || { rc=1; tail -30 "$OUT/ortbuild.log"; }; fi ;;
     ortunpack) mkdir -p /tmp/ortgpu && cat /tmp/parts/part0* | .device/zstd -d -q | tar xf - -C /tmp/ortgpu \
                 && PYTHONPATH=/tmp/ortgpu python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())" ;;
     orttest) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIBRARY=$PWD/build/ort/libtq_ort_ops.so python3 -m pytest -q -p no:cacheprovider \
@@ -38,6 +61,8 @@ for f in t:
         print(f)
 PY
           rm -f "$OUT/sass_all.txt"; grep -cE "HMMA|LDS" "$OUT/sass_decode128_b4.txt" ;;
+    benchring) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIB=$PWD/build/ort/libtq_ort_ops.so python3 benchmarks/gpu/bench_attention.py \
+           --recent-window 64 --contexts 16384,131072 > "$OUT/bench_ring.log" 2>&1 || rc=1; tail -12 "$OUT/bench_ring.log" ;;
     bench) python3 benchmarks/gpu/bench_attention.py > "$OUT/bench.log" 2>&1 || rc=1; tail -60 "$OUT/bench.log" ;;
   esac
 done

@@ -168,9 +168,14 @@ def run_decode(d, bits, use_qjl, out_dtype, dense, n=200, seed=1):
 # --------------------------------------------------------------------------------------- attention
 def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype="float16", dense=False,
                   shared=True, past_lens=None, P=None, window=-1, softcap=0.0, rotary=False, force=0, m=None,
-                  seed=0, scale=0.0, check_path=None):
+                  seed=0, scale=0.0, check_path=None, R=0, ring_shared=None, ring_out=True, value_ring=None):
+    """One TurboQuantAttention step against the reference. R > 0: recent window with random ring
+    contents (independent of the rows, so reading a position from the wrong place shows); the rings
+    are shared (present == past) like the rows unless ring_shared says otherwise; ring_out=False
+    passes no present rings; value_ring (keys-only) feeds a value ring anyway (None: only when
+    values are compressed; False with vb = 0 and ring_out: the present value ring must be zeros)."""
     L = lib()
-    rng = np.random.default_rng([seed, B, S, Hq, Hkv, d, kb, vb, int(qjl), len(dtype)])
+    rng = np.random.default_rng([seed, B, S, Hq, Hkv, d, kb, vb, int(qjl), len(dtype), R])
     rot = codec.rotation(d, seed, dense=dense)
     kcb = codec.codebook(d, kb)
     vcb = codec.codebook(d, vb) if vb else None
@@ -213,10 +218,23 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
         cos, sin = cost.float().numpy(), sint.float().numpy()
         cost, sint = cost.cuda(), sint.cuda()
     np_dt = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}[dtype]
-    ref_out, ref_pk, ref_pv = codec.attention(
+    ring_kw = {}
+    pkrf = pvrf = pkrt = pvrt = None
+    want_vr_out = bool(vb) or value_ring is not None
+    if value_ring is None:
+        value_ring = bool(vb)
+    if R:
+        pkrf, pkrt = rand_vectors(rng, (B, Hkv, R, d), dtype, decades=0.6)
+        if value_ring:
+            pvrf, pvrt = rand_vectors(rng, (B, Hkv, R, d), dtype)
+        ring_kw = dict(recent_window=R, past_key_recent=pkrf.astype(np_dt),
+                       past_value_recent=None if pvrf is None else pvrf.astype(np_dt))
+    res = codec.attention(
         qf.astype(np_dt), kf.astype(np_dt), vf.astype(np_dt), past_k, past_v.astype(np_dt) if not vb else past_v,
         seqlens, np.array([total], np.int32), rot, kcb, vcb, Smat, num_heads=Hq, kv_num_heads=Hkv, scale=scale,
-        use_qjl=qjl, do_rotary=rotary, cos_cache=cos, sin_cache=sin, local_window_size=window, softcap=softcap)
+        use_qjl=qjl, do_rotary=rotary, cos_cache=cos, sin_cache=sin, local_window_size=window, softcap=softcap,
+        **ring_kw)
+    ref_out, ref_pk, ref_pv = res[:3]
     # device buffers
     if vb:
         pvt = dev(past_v)
@@ -230,6 +248,17 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
         prv = (torch.full((B, Hkv, Pp, Rv), 0xCD, dtype=torch.uint8, device="cuda") if vb
                else torch.full((B, Hkv, Pp, d), float("nan"), dtype=tdt, device="cuda"))
     out = torch.full((B, S, Hq * d), float("nan"), dtype=tdt, device="cuda")
+    prkr = prvr = None
+    if R:
+        if ring_shared is None:
+            ring_shared = shared
+        if ring_out:
+            prkr = pkrt if ring_shared else torch.full((B, Hkv, R, d), float("nan"), dtype=tdt, device="cuda")
+            if want_vr_out:
+                prvr = (pvrt if ring_shared and pvrt is not None
+                        else torch.full((B, Hkv, R, d), float("nan"), dtype=tdt, device="cuda"))
+        pkr_before = pkrt.clone()
+        pvr_before = None if pvrt is None else pvrt.clone()
     rt, kct = dev(rot), dev(kcb)
     vct = dev(vcb) if vb else None
     st = dev(Smat) if qjl else None
@@ -241,14 +270,16 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
         value_codebook=tqcuda.ptr(vct), qjl=tqcuda.ptr(st), cos_cache=tqcuda.ptr(cost), sin_cache=tqcuda.ptr(sint),
         output=tqcuda.ptr(out), dtype=tqcuda.DT[dtype], B=B, S=S, Hq=Hq, Hkv=Hkv, d=d, P=P_, Pp=Pp,
         rot_rank=rot.ndim, key_bits=kb, value_bits=vb, use_qjl=int(qjl), m=m, do_rotary=int(rotary),
-        max_pos=(Pp + 4) if rotary else 0, local_window=window, scale=scale, softcap=softcap, force_path=force)
+        max_pos=(Pp + 4) if rotary else 0, local_window=window, scale=scale, softcap=softcap, force_path=force,
+        recent_window=R, past_key_recent=tqcuda.ptr(pkrt), past_value_recent=tqcuda.ptr(pvrt),
+        present_key_recent=tqcuda.ptr(prkr), present_value_recent=tqcuda.ptr(prvr))
     wsb = L.tq_cuda_attention_workspace(p)
     ws = torch.empty(max(wsb, 256), dtype=torch.uint8, device="cuda")
     tqcuda.check(L, L.tq_cuda_attention(p, tqcuda.ptr(ws), wsb, tqcuda.stream_of(torch)), "attention")
     torch.cuda.synchronize()
     got = out.float().cpu().numpy()
     what = (f"attn B={B} S={S} Hq={Hq} Hkv={Hkv} d={d} kb={kb} vb={vb} qjl={qjl} {dtype} dense={dense} "
-            f"shared={shared} past={past_lens} win={window} cap={softcap} rope={rotary} force={force}")
+            f"shared={shared} past={past_lens} win={window} cap={softcap} rope={rotary} force={force} R={R}")
     assert np.all(np.isfinite(got)), f"{what}: non-finite output"
     fast = (S == 1 and force != 1 and 1 <= vb <= 4 and kb <= 4 and d in (64, 80, 96, 128, 256)
             and Hq // Hkv <= 16 and (not qjl or m % 32 == 0))
@@ -268,7 +299,197 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
             compare_rows(gv[b, :, :n], ref_pv[b, :, :n], d, vb, False, 0, what + f" present_value b={b}")
         else:
             assert np.array_equal(gv[b, :, :n], np.asarray(ref_pv[b, :, :n], np.float32)), what + " present_value"
+    if R:
+        # the past rings are read-only unless shared; present rings exactly the reference's (keys are
+        # written as T: the bf16 reference ring is float32, rounded here)
+        def as_t(a):
+            return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32))).to(tdt).float().numpy()
+        if not ring_shared or not ring_out:
+            assert torch.equal(pkrt, pkr_before), what + ": past_key_recent modified"
+            if pvrt is not None:
+                assert torch.equal(pvrt, pvr_before), what + ": past_value_recent modified"
+        if prkr is not None:
+            assert np.array_equal(prkr.float().cpu().numpy(), as_t(res[3])), what + ": present_key_recent"
+        if prvr is not None:
+            got_vr = prvr.float().cpu().numpy()
+            if vb or value_ring:
+                assert np.array_equal(got_vr, as_t(res[4])), what + ": present_value_recent"
+            else:
+                assert not got_vr.any(), what + ": present_value_recent must be zeros (keys-only, no value ring)"
     return e, path
+
+
+def float_attention(q, K, V, L, S, Hq, Hkv):
+    """Causal softmax attention in float64: q [S, Hq, d] at positions L - S .. L - 1 (the first L when
+    L < S), K/V [L, Hkv, d]; zeros for invalid queries."""
+    d = q.shape[-1]
+    past = L - S if L >= S else 0
+    out = np.zeros(q.shape)
+    for i in range(min(S, L)):
+        p = past + i
+        for h in range(Hq):
+            g = h // (Hq // Hkv)
+            s = K[:p + 1, g] @ q[i, h] / np.sqrt(d)
+            w = np.exp(s - s.max())
+            out[i, h] = (w / w.sum()) @ V[:p + 1, g]
+    return out
+
+
+def run_ring_steps(*, R, steps, B=2, Hq=6, Hkv=2, d=64, kb=2, vb=2, dtype="float32", cap=24, shared=True,
+                   against="reference", seed=0):
+    """Several steps through one set of device buffers (rows and rings; shared: present == past, else
+    fresh present buffers each step that become the next step's past), like a generation session.
+    against="float": R covers the whole history, so every step must be plain float attention over the
+    exact (T-rounded) history, whatever the rows hold. against="reference": each step against
+    tq_ort.codec.attention on the device state before it (rows and rings compared exactly after it).
+    steps: [(S, [valid tokens per batch row])]."""
+    L_ = lib()
+    rng = np.random.default_rng([seed, R, B, Hq, Hkv, d, kb, vb, len(dtype), int(shared)])
+    tdt = TDT[dtype]
+    np_dt = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32}[dtype]
+    rot, kcb = codec.rotation(d, seed), codec.codebook(d, kb)
+    vcb = codec.codebook(d, vb) if vb else None
+    Rk = codec.row_bytes(d, kb)
+    pk = torch.zeros((B, Hkv, cap, Rk), dtype=torch.uint8, device="cuda")
+    pv = (torch.zeros((B, Hkv, cap, codec.row_bytes(d, vb)), dtype=torch.uint8, device="cuda") if vb
+          else torch.zeros((B, Hkv, cap, d), dtype=tdt, device="cuda"))
+    # rings start as garbage: no slot may be read before a step wrote it
+    pkr = (torch.randn((B, Hkv, R, d), device="cuda") * 100).to(tdt)
+    pvr = (torch.randn((B, Hkv, R, d), device="cuda") * 100).to(tdt) if vb else None
+    rt, kct = dev(rot), dev(kcb)
+    vct = dev(vcb) if vb else None
+    K = [np.zeros((0, Hkv, d)) for _ in range(B)]
+    V = [np.zeros((0, Hkv, d)) for _ in range(B)]
+    Ls = [0] * B
+    errs = []
+    for n, (S, valid) in enumerate(steps):
+        qf, qt = rand_vectors(rng, (B, S, Hq * d), dtype, decades=0.6)
+        kf, kt = rand_vectors(rng, (B, S, Hkv * d), dtype, decades=0.6)
+        vf, vt = rand_vectors(rng, (B, S, Hkv * d), dtype, decades=0.6)
+        Ls = [Ls[b] + valid[b] for b in range(B)]
+        seqlens = np.array([x - 1 for x in Ls], np.int32)
+        total = max(Ls)
+        state = [x.float().cpu().numpy() if x.dtype != torch.uint8 else x.cpu().numpy() for x in (pk, pv, pkr)]
+        pvr_np = None if pvr is None else pvr.float().cpu().numpy()
+        if shared:
+            prk, prv, prkr, prvr = pk, pv, pkr, pvr
+        else:
+            prk, prv = torch.full_like(pk, 0xAB), torch.full_like(pv, float("nan") if not vb else 0xCD)
+            prkr = torch.full_like(pkr, float("nan"))
+            prvr = None if pvr is None else torch.full_like(pvr, float("nan"))
+        out = torch.full((B, S, Hq * d), float("nan"), dtype=tdt, device="cuda")
+        sl = dev(seqlens)
+        p = tqcuda.attention_params(
+            query=tqcuda.ptr(qt), key=tqcuda.ptr(kt), value=tqcuda.ptr(vt), past_key=tqcuda.ptr(pk),
+            past_value=tqcuda.ptr(pv), present_key=tqcuda.ptr(prk), present_value=tqcuda.ptr(prv),
+            seqlens_k=tqcuda.ptr(sl), rotation=tqcuda.ptr(rt), key_codebook=tqcuda.ptr(kct),
+            value_codebook=tqcuda.ptr(vct), output=tqcuda.ptr(out), dtype=tqcuda.DT[dtype], B=B, S=S, Hq=Hq,
+            Hkv=Hkv, d=d, P=cap, Pp=cap, rot_rank=rot.ndim, key_bits=kb, value_bits=vb, m=d, local_window=-1,
+            recent_window=R, past_key_recent=tqcuda.ptr(pkr), past_value_recent=tqcuda.ptr(pvr),
+            present_key_recent=tqcuda.ptr(prkr), present_value_recent=tqcuda.ptr(prvr))
+        wsb = L_.tq_cuda_attention_workspace(p)
+        ws = torch.empty(max(wsb, 256), dtype=torch.uint8, device="cuda")
+        tqcuda.check(L_, L_.tq_cuda_attention(p, tqcuda.ptr(ws), wsb, tqcuda.stream_of(torch)), "attention")
+        torch.cuda.synchronize()
+        got = out.float().cpu().numpy()
+        what = f"ring steps R={R} step {n} S={S} kb={kb} vb={vb} {dtype} shared={shared} vs {against}"
+        assert np.all(np.isfinite(got)), what + ": non-finite output"
+        fast = S == 1 and 1 <= vb <= 4 and kb <= 4
+        tol = TOL[("fast" if fast else "simple", dtype)]
+        if against == "float":
+            want = np.zeros((B, S, Hq, d))
+            for b in range(B):
+                K[b] = np.concatenate([K[b], kf[b].reshape(S, Hkv, d)[:valid[b]].astype(np.float64)])
+                V[b] = np.concatenate([V[b], vf[b].reshape(S, Hkv, d)[:valid[b]].astype(np.float64)])
+                want[b] = float_attention(qf[b].reshape(S, Hq, d).astype(np.float64), K[b], V[b], Ls[b], S, Hq, Hkv)
+            # exact path everywhere: only the output rounding and float32 sums remain
+            tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}[dtype]
+            e = rel_l2(got, want.reshape(got.shape))
+        else:
+            ref = codec.attention(qf.astype(np_dt), kf.astype(np_dt), vf.astype(np_dt), state[0],
+                                  state[1] if vb else state[1].astype(np_dt), seqlens, np.array([total], np.int32),
+                                  rot, kcb, vcb, num_heads=Hq, kv_num_heads=Hkv, recent_window=R,
+                                  past_key_recent=state[2].astype(np_dt),
+                                  past_value_recent=None if pvr_np is None else pvr_np.astype(np_dt))
+            e = rel_l2(got, ref[0].astype(np.float64))
+            gk = prk.cpu().numpy()
+            for b in range(B):
+                nb = (Ls[b] - S if Ls[b] >= S else 0) + S  # rows [0, past_len + S)
+                compare_rows(gk[b, :, :nb], ref[1][b, :, :nb], d, kb, False, 0, what + f" present_key b={b}")
+            def as_t(a):
+                return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32))).to(tdt).float().numpy()
+            assert np.array_equal(prkr.float().cpu().numpy(), as_t(ref[3])), what + ": present_key_recent"
+            if vb:
+                assert np.array_equal(prvr.float().cpu().numpy(), as_t(ref[4])), what + ": present_value_recent"
+        assert e <= tol, f"{what}: rel L2 {e:.2e} > {tol}"
+        errs.append(e)
+        pk, pv, pkr, pvr = prk, prv, prkr, prvr
+    return max(errs), "steps"
+
+
+def ring_step_cases(quick):
+    """Multi-step (prefill with a right-padded row, then decode steps, chunks)."""
+    first = [(6, (6, 3))]
+    yield dict(R=16, steps=first + [(1, (1, 1))] * 7, against="float", dtype="float32", seed=1)
+    yield dict(R=16, steps=first + [(1, (1, 1))] * 7, against="float", dtype="float16", shared=False, seed=2)
+    yield dict(R=16, steps=first + [(1, (1, 1))] * 7, against="float", dtype="bfloat16", kb=1, vb=0, seed=3)
+    if quick:
+        yield dict(R=3, steps=[(4, (4, 2))] + [(1, (1, 1))] * 5 + [(2, (2, 2))] * 2 + [(4, (4, 4))], seed=4)
+        return
+    for R, shared, dt in ((3, True, "float32"), (3, False, "float16"), (5, True, "bfloat16"), (1, False, "float32")):
+        yield dict(R=R, steps=[(4, (4, 2))] + [(1, (1, 1))] * 5 + [(2, (2, 2))] * 2 + [(4, (4, 4))] + [(1, (1, 1))] * 3,
+                   shared=shared, dtype=dt, d=128, Hq=8, kb=4, vb=4, seed=10 + R)
+    yield dict(R=4, steps=[(5, (5, 5))] + [(1, (1, 1))] * 6, kb=4, vb=0, dtype="float16", seed=20)
+
+
+def ring_cases(quick):
+    """Single steps with random rings against the reference (docs/ops.md 4, recent window)."""
+    dts = ("float16", "bfloat16", "float32")
+    i = 0
+    # decode step (S = 1): fast path (bits <= 4) and simple kernel (8-bit); past_len below and above R
+    for d in (64, 128):
+        for kb, vb in ((4, 4), (2, 2), (4, 2), (8, 8)):
+            for R in (1, 4, 16, 64):
+                i += 1
+                g = (1, 3, 4)[i % 3]
+                if quick and not (d == 128 and R in (4, 64) and kb != 2):
+                    continue
+                yield dict(B=2, S=1, Hq=2 * g, Hkv=2, d=d, kb=kb, vb=vb, dtype=dts[i % 3], shared=bool(i % 2),
+                           past_lens=[R // 2, R + 37 + i], rotary=(i % 4 == 0), R=R, seed=500 + i)
+    # many splits, past_len == R, 0 and 1 (no compressed rows), GQA 4 at the benchmark's shape
+    yield dict(B=3, S=1, Hq=32, Hkv=8, d=128, kb=4, vb=4, dtype="float16", shared=True, past_lens=[64, 3000, 0],
+               R=64, seed=540)
+    yield dict(B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=False, past_lens=[1, 65], R=64,
+               seed=541)
+    # window cutting into the compressed part / lying inside the ring; softcap; QJL on the rows only
+    yield dict(B=2, S=1, Hq=8, Hkv=2, d=128, kb=3, vb=3, qjl=True, dtype="float16", past_lens=[40, 300], R=16,
+               window=30, softcap=20.0, seed=542)
+    yield dict(B=2, S=1, Hq=6, Hkv=2, d=64, kb=4, vb=4, dtype="bfloat16", past_lens=[40, 300], R=16, window=10,
+               seed=543)
+    # ring outputs absent (the step only reads the rings); rings concat with shared rows and vice versa
+    yield dict(B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", past_lens=[10, 90], R=16, ring_out=False,
+               seed=544)
+    yield dict(B=2, S=3, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", past_lens=[10, 90], R=16, ring_out=False,
+               seed=545)
+    yield dict(B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float32", shared=True, ring_shared=False,
+               past_lens=[10, 90], R=8, seed=546)
+    yield dict(B=2, S=4, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float32", shared=False, ring_shared=True,
+               past_lens=[10, 90], R=8, seed=547)
+    # prefill (S > 1): S > R and S < R, right padding (negative past), RoPE, GQA 1/3/4, 8/2-bit
+    j = 0
+    for S, R in ((5, 4), (7, 1), (5, 16), (6, 64), (9, 4)):
+        for kb, vb, d in ((4, 4, 128), (2, 2, 64), (8, 8, 128)):
+            j += 1
+            if quick and j % 4:
+                continue
+            g = (1, 3, 4)[j % 3]
+            yield dict(B=2, S=S, Hq=2 * g, Hkv=2, d=d, kb=kb, vb=vb, dtype=dts[j % 3], shared=bool(j % 2),
+                       past_lens=[20 + 3 * j, -2], rotary=(j % 2 == 0), R=R, seed=600 + j)
+    # keys-only: key ring only; a value ring of the ring's shape passes through, none gives zeros
+    for S in (1, 5):
+        for value_ring in (None, True, False):
+            yield dict(B=2, S=S, Hq=8, Hkv=2, d=128, kb=4, vb=0, dtype="float16", shared=(S == 1), past_lens=[3, 44],
+                       R=8, value_ring=value_ring, seed=700 + S)
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -364,19 +585,33 @@ def test_attention(case):
     run_attention(**case)
 
 
+@pytest.mark.parametrize("case", list(ring_cases(True)), ids=str)
+def test_attention_recent_window(case):
+    run_attention(**case)
+
+
+@pytest.mark.parametrize("case", list(ring_step_cases(True)), ids=str)
+def test_attention_recent_window_steps(case):
+    run_ring_steps(**case)
+
+
 def main(argv):
     quick = "--quick" in argv
     fails, n = [], 0
     t0 = time.time()
     groups = [("encode", run_encode, encode_cases(quick)), ("decode", run_decode, decode_cases(quick)),
               ("encode_nonfinite", lambda: run_encode_nonfinite(), [dict()]),
-              ("attention", run_attention, attention_cases(quick))]
+              ("attention", run_attention, attention_cases(quick)),
+              ("ring", run_attention, ring_cases(quick)), ("ring_steps", run_ring_steps, ring_step_cases(quick))]
+    only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
+    if only:
+        groups = [g for g in groups if g[0] in only[0].split(",")]
     for name, fn, cases in groups:
         for c in cases:
             n += 1
             try:
                 r = fn(**c)
-                if name == "attention":
+                if name in ("attention", "ring", "ring_steps"):
                     print(f"ok   {name} err={r[0]:.2e} path={r[1]} {c}", flush=True)
             except Exception as ex:  # noqa: BLE001
                 fails.append((name, c, repr(ex)))

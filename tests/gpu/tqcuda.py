@@ -20,7 +20,10 @@ class TqAttnParams(ctypes.Structure):
         (n, ctypes.c_int64) for n in (
             "dtype", "B", "S", "Hq", "Hkv", "d", "P", "Pp", "rot_rank", "key_bits", "value_bits", "use_qjl", "m",
             "do_rotary", "max_pos", "local_window")] + [
-        ("scale", ctypes.c_double), ("softcap", ctypes.c_double), ("force_path", ctypes.c_int64)]
+        ("scale", ctypes.c_double), ("softcap", ctypes.c_double), ("force_path", ctypes.c_int64)] + [
+        (n, ctypes.c_void_p) for n in (
+            "past_key_recent", "past_value_recent", "present_key_recent", "present_value_recent")] + [
+        ("recent_window", ctypes.c_int64)]
 
 
 def load(path: str | None = None):
