@@ -23,7 +23,7 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recent-window", type=int, default=0, metavar="R",
                    help="also keep the last R cached tokens exact, in a fixed float ring beside the compressed rows "
                    "(costs R tokens of float cache; the biggest quality lever on small models, docs/quality.md; "
-                   "CPU execution provider only for now; default 0 = off)")
+                   "default 0 = off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the rotations and QJL matrices (default 0)")
     g.add_argument("--preset", help="a named configuration chosen from the quality sweep (docs/quality.md); "
                    "overrides the bit flags. See tq_ort/presets.py for the names and the numbers behind them")
