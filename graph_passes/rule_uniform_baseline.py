@@ -22,6 +22,12 @@ from step to step holds exactly the values an int-b cache would hold. It is stil
 float32 tensors (a simulation of the storage, not of the kernels); its bytes are computed
 analytically (`baseline_bits_per_value`) and recorded in the metadata key
 ``tq_ort.uniform_baseline``.
+
+With ``recent_window = R > 0`` (the KIVI-style counterpart of TurboQuant's exact recent window) the
+new rows are stored exact and a row is quantised when it leaves the last R positions: each step
+quantises the stored rows in ``[max(P - R, 0), max(T - R, 0))`` (P = past length, T = P + new) and
+keeps the rest, so the cache holds exactly what TurboQuant's rows + ring would expose. Bytes: the
+b-bit rows for every token plus R float16 tokens, as for TurboQuant.
 """
 from __future__ import annotations
 
@@ -91,10 +97,34 @@ def _qdq(e: _Emitter, x: ir.Value, bits: int, tag: str) -> ir.Value:
     return e.node("Add", [e.node("Mul", [q, safe]), zero], name=f"{tag}/dequant")
 
 
-def rewrite_uniform_model(model: ir.Model, bits: int, hf_config: dict | None = None) -> ir.Model:
-    """In place: every layer's present K/V = Concat(past, QDQ_b(new)); the attention is unchanged."""
+def _windowed(e: _Emitter, cat: ir.Value, past: ir.Value, bits: int, window: int, tag: str) -> ir.Value:
+    """Concat(past, new) with the rows leaving the last `window` positions quantised (see module doc)."""
+    i64 = np.int64
+    axis = e.const("tqb.axis2", np.array([2], i64))
+    zero = e.const("tqb.zero64", np.array([0], i64))
+    R = e.const(f"tqb.window{window}", np.array([window], i64))
+    shape = {"start": ir.AttrInt64("start", 2), "end": ir.AttrInt64("end", 3)}
+    P = e.node("Shape", [past], shape)
+    T = e.node("Shape", [cat], shape)
+    lo = e.node("Max", [e.node("Sub", [P, R]), zero])
+    hi = e.node("Max", [e.node("Sub", [T, R]), zero])
+    head = e.node("Slice", [cat, zero, lo, axis])
+    leaving = e.node("Slice", [cat, lo, hi, axis])
+    tail = e.node("Slice", [cat, hi, T, axis])
+    q = _qdq(e, leaving, bits, tag)
+    if cat.dtype is not None and cat.dtype != ir.DataType.FLOAT:
+        q = e.node("Cast", [q], {"to": ir.AttrInt64("to", cat.dtype)})
+    return e.node("Concat", [head, q, tail], {"axis": ir.AttrInt64("axis", -2)}, name=f"{tag}/Concat_cache")
+
+
+def rewrite_uniform_model(model: ir.Model, bits: int, hf_config: dict | None = None,
+                          recent_window: int = 0) -> ir.Model:
+    """In place: every layer's present K/V = Concat(past, QDQ_b(new)) (with a window: rows quantised
+    when they leave the last `recent_window` positions); the attention is unchanged."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits={bits}: expected one of {SUPPORTED_BITS}")
+    if not isinstance(recent_window, int) or recent_window < 0:
+        raise ValueError(f"recent_window={recent_window}: expected an integer >= 0")
     graph = model.graph
     if any(n.domain == "turboquant" for n in graph.all_nodes()):
         raise RewriteError("the model already has TurboQuant ops: rewrite the unrewritten export")
@@ -113,6 +143,10 @@ def rewrite_uniform_model(model: ir.Model, bits: int, hf_config: dict | None = N
             if axis not in (2, -2):
                 raise RewriteError(f"layer {io.layer}: {present.name} Concat axis {axis}: expected -2")
             tag = f"tqb/layer{io.layer}/{kind}"
+            if recent_window:
+                _swap_output(graph, present, _windowed(e, present, past, bits, recent_window, tag),
+                             f"{tag}/present_exact")
+                continue
             xq = _qdq(e, cat.inputs[1], bits, tag)
             if present.dtype is not None and present.dtype != ir.DataType.FLOAT:
                 xq = e.node("Cast", [xq], {"to": ir.AttrInt64("to", present.dtype)})
@@ -127,7 +161,8 @@ def rewrite_uniform_model(model: ir.Model, bits: int, hf_config: dict | None = N
     bpt = sum(2 * L["kv_heads"] * L["row_bytes"] for L in layers)
     fp16 = sum(2 * L["kv_heads"] * L["head_dim"] * 2 for L in layers)
     model.metadata_props[METADATA_KEY] = json.dumps({
-        "bits": bits, "scheme": "per-token asymmetric min/max, fp16 scale + fp16 zero point per row, no rotation",
+        "bits": bits, "recent_window": recent_window,
+        "ring_bytes": sum(2 * L["kv_heads"] * recent_window * L["head_dim"] * 2 for L in layers), "scheme": "per-token asymmetric min/max, fp16 scale + fp16 zero point per row, no rotation",
         "storage": "simulated: the cache tensors stay float32 holding the dequantised values; bytes are analytic",
         "bytes_per_token": bpt, "fp16_bytes_per_token": fp16, "compression": fp16 / bpt,
         "model_type": (hf_config or {}).get("model_type"), "layers": layers})
@@ -142,7 +177,8 @@ def _swap_output(graph: ir.Graph, old: ir.Value, new: ir.Value, internal_name: s
     graph.outputs[idx] = new
 
 
-def rewrite_uniform_baseline(src: str | Path, dst: str | Path, bits: int, hf_config: dict | None = None) -> Path:
+def rewrite_uniform_baseline(src: str | Path, dst: str | Path, bits: int, hf_config: dict | None = None,
+                             recent_window: int = 0) -> Path:
     """Rewrite the optimum export at src into dst with a per-token uniform int-`bits` cache; checked."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
@@ -150,7 +186,7 @@ def rewrite_uniform_baseline(src: str | Path, dst: str | Path, bits: int, hf_con
     if hf_config is None and (src.parent / "config.json").exists():
         hf_config = json.loads((src.parent / "config.json").read_text())
     model = ir.load(src)
-    rewrite_uniform_model(model, bits, hf_config)
+    rewrite_uniform_model(model, bits, hf_config, recent_window)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)

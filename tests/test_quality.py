@@ -93,6 +93,40 @@ def test_uniform_baseline_cache_holds_int_b_values(tmp_path):
         assert levels.min() >= 0 and levels.max() <= 2 ** bits - 1
 
 
+def test_uniform_baseline_with_a_window_quantises_rows_as_they_leave_it(tmp_path):
+    """int4 + recent window 5: after a 12-token prefill and 3 single steps the stored cache holds the
+    original's K/V quantised at positions < T - 5 and exact in the last 5 (the KIVI-style baseline
+    for TurboQuant's exact recent window)."""
+    from graph_passes.rule_uniform_baseline import read_baseline_metadata, rewrite_uniform_baseline
+    from tq_ort import quality
+    from tq_ort.session import DecoderSession
+
+    src, bits, R = tiny_export("llama"), 4, 5
+    dst = rewrite_uniform_baseline(src, tmp_path / "model.onnx", bits, recent_window=R)
+    md = read_baseline_metadata(dst)
+    assert md["recent_window"] == R and md["ring_bytes"] == 2 * 2 * 2 * R * 64 * 2
+    a, b = DecoderSession(src, max_length=32), DecoderSession(dst, max_length=32)
+    a.reset(1)
+    b.reset(1)
+    ids = np.random.default_rng(1).integers(0, 256, (1, 15))
+    b.step(ids[:, :12])
+    a.step(ids)  # the original's K/V of all 15 tokens in one go
+    for t in range(12, 15):
+        b.step(ids[:, t:t + 1])
+    for name in ("past_key_values.0.key", "past_key_values.0.value"):  # layer 0: K/V depend on the tokens only
+        x, y = a._cache[name].numpy(), b._cache[name].numpy()
+        z = x.min(-1, keepdims=True).astype(np.float16).astype(np.float32)
+        s = ((x.max(-1, keepdims=True) - z) / (2 ** bits - 1)).astype(np.float16).astype(np.float32)
+        q = np.clip(np.round((x - z) / s), 0, 2 ** bits - 1) * s + z
+        np.testing.assert_allclose(y[:, :, :15 - R], q[:, :, :15 - R], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(y[:, :, 15 - R:], x[:, :, 15 - R:], rtol=0, atol=1e-5)
+        assert np.abs(q[:, :, 15 - R:] - x[:, :, 15 - R:]).max() > 1e-3  # exact != quantised: the test can fail
+    v = quality.parse_variant("int4+recent64")
+    assert (v.bits, v.window, v.label) == (4, 64, "uniform int4 recent64")
+    # 4.5 bits per value for the rows + R float16 tokens spread over the 64-token context
+    assert quality.bytes_of(v, dst, 64)["bits_per_value"] == pytest.approx(4 + 32 / 64 + 16 * R / 64)
+
+
 def test_all_logits_step_matches_last_position():
     from tq_ort.session import DecoderSession
 

@@ -79,8 +79,13 @@ class Variant:
         return Variant("tq", tq=tuple(sorted(kw.items())))
 
     @staticmethod
-    def uniform(bits: int) -> "Variant":
-        return Variant("uniform", bits=bits)
+    def uniform(bits: int, recent_window: int = 0) -> "Variant":
+        return Variant("uniform", bits=bits, tq=(("recent_window", recent_window),) if recent_window else ())
+
+    @property
+    def window(self) -> int:
+        """recent_window of a uniform baseline (TurboQuant variants: see tq_config())."""
+        return dict(self.tq).get("recent_window", 0)
 
     @staticmethod
     def prebuilt(path: str | Path, name: str = "") -> "Variant":
@@ -97,7 +102,8 @@ class Variant:
     @property
     def family(self) -> str:
         if self.kind == "uniform":
-            return "uniform int-b (per token, no rotation)"
+            return "uniform int-b (per token, no rotation)" + (
+                f", last {self.window} tokens also exact" if self.window else "")
         if self.kind == "prebuilt":
             return "prebuilt"
         c = self.tq_config()
@@ -114,7 +120,7 @@ class Variant:
     @property
     def label(self) -> str:
         if self.kind == "uniform":
-            return f"uniform int{self.bits}"
+            return f"uniform int{self.bits}" + (f" recent{self.window}" if self.window else "")
         if self.kind == "prebuilt":
             return self.name or Path(self.path).parent.name
         c = self.tq_config()
@@ -133,7 +139,7 @@ class Variant:
 
     def describe(self) -> dict:
         if self.kind == "uniform":
-            return {"kind": "uniform", "bits": self.bits}
+            return {"kind": "uniform", "bits": self.bits, **({"recent_window": self.window} if self.window else {})}
         if self.kind == "prebuilt":
             return {"kind": "prebuilt", "path": self.path}
         c = self.tq_config()
@@ -147,11 +153,15 @@ class Variant:
 
 def parse_variant(spec: str) -> Variant:
     """'K4V4', 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'K4V4+recent64', 'int4',
-    'uniform4'."""
+    'uniform4', 'int4+recent64'."""
     s = spec.strip()
     low = s.lower()
     if low.startswith("int") or low.startswith("uniform"):
-        return Variant.uniform(int(low.replace("uniform", "").replace("int", "")))
+        head, _, opt = low.partition("+")
+        if opt and not opt.startswith("recent"):
+            raise ValueError(f"variant {spec!r}: the uniform baseline takes one option, recentN")
+        return Variant.uniform(int(head.replace("uniform", "").replace("int", "")),
+                               int(opt[6:].lstrip("=")) if opt else 0)
     parts = s.split("+")
     head, opts = parts[0].upper(), [p.lower() for p in parts[1:]]
     if not head.startswith("K"):
@@ -534,9 +544,15 @@ def bytes_of(variant: Variant, model_path: Path, context: int = 512) -> dict:
     if "tq_ort.uniform_baseline" in props:
         b = json.loads(props["tq_ort.uniform_baseline"])
         values = sum(2 * L["kv_heads"] * L["head_dim"] for L in b["layers"])
-        return {"bits_per_value": 8 * b["bytes_per_token"] / values, "bytes_per_token": b["bytes_per_token"],
-                "fp16_bytes_per_token": b["fp16_bytes_per_token"], "compression": b["compression"],
-                "how": "analytic: b bits + fp16 scale + fp16 zero point per token per head"}
+        tq, fp16, ring = b["bytes_per_token"], b["fp16_bytes_per_token"], b.get("ring_bytes", 0)
+        out = {"bits_per_value": 8 * (tq + ring / context) / values, "bytes_per_token": tq,
+               "fp16_bytes_per_token": fp16, "compression": fp16 * context / (tq * context + ring),
+               "how": "analytic: b bits + fp16 scale + fp16 zero point per token per head"}
+        if ring:
+            out["ring_bytes"] = ring
+            out["compression_at"] = {str(n): fp16 * n / (tq * n + ring) for n in (4096, 32768)}
+            out["how"] += f"; float16 rows of the last {b['recent_window']} tokens over {context} tokens"
+        return out
     return {"bits_per_value": 16.0, "compression": 1.0, "how": "no compressed-cache metadata"}
 
 
@@ -548,7 +564,8 @@ def build_variant(variant: Variant, src_onnx: Path, hf_config: dict, out_dir: Pa
     if variant.kind == "uniform":
         from graph_passes.rule_uniform_baseline import rewrite_uniform_baseline
 
-        return rewrite_uniform_baseline(src_onnx, dst, variant.bits, hf_config=hf_config)
+        return rewrite_uniform_baseline(src_onnx, dst, variant.bits, hf_config=hf_config,
+                                        recent_window=variant.window)
     from graph_passes import rewrite_file
 
     return rewrite_file(src_onnx, dst, variant.tq_config(), hf_config=hf_config)

@@ -51,7 +51,8 @@ DEFAULTS = {
 
 # studies beside the main sweep (--tag): results file prefix -> section title in docs/quality.md
 STUDIES = {"recent": "the exact recent window (last R tokens also kept in float16)",
-           "recent2": "the exact recent window with 8-bit keys"}
+           "recent2": "the exact recent window with 8-bit keys",
+           "recent-uniform": "the uniform int-b baseline with the same exact recent window (KIVI-style)"}
 
 
 def parse_args(argv=None):
