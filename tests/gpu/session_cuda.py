@@ -2,8 +2,11 @@
 against the same session on the CPU EP (tiny Llama export, original and rewritten at 8 / 4 bits).
 
     PYTHONPATH=/tmp/ortgpu:. TQ_ORT_LIBRARY=build/ort/libtq_ort_ops.so python3 tests/gpu/session_cuda.py DIR
-DIR holds orig.onnx, k8.onnx, k4.onnx (+ config.json). Prints a table; exits 1 on a mismatch.
+DIR holds orig.onnx, k8.onnx, k4.onnx (+ config.json), and optionally k4r8.onnx (K4V4 + an exact
+recent window of 8: the ring wraps) and bal.onnx (the balanced preset: K4V3 + 64 exact, covering this
+whole run). Prints a table; exits 1 on a mismatch.
 """
+import os
 import sys
 
 import numpy as np
@@ -29,7 +32,8 @@ def run(path, device, steps=24, shared=None, feed=None):
 def main(d):
     assert "CUDAExecutionProvider" in ort.get_available_providers(), ort.get_available_providers()
     bad = 0
-    for name in ("orig", "k8", "k4"):
+    names = ["orig", "k8", "k4"] + [n for n in ("k4r8", "bal") if os.path.exists(f"{d}/{n}.onnx")]
+    for name in names:
         for shared in ((None,) if name == "orig" else (True, False)):
             lc, tc, wc, _ = run(f"{d}/{name}.onnx", "cpu", shared=shared)
             lg, tg, wg, sg = run(f"{d}/{name}.onnx", "cuda", shared=shared, feed=tc)  # same tokens fed
