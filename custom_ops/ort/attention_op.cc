@@ -3,18 +3,14 @@
 #include <cmath>
 
 #include "cpu/attention.h"
+#include "ort/attention_io.h"
 #include "ort/codec_args.h"
 #include "ort/ops.h"
 
 namespace tq::ort {
 namespace {
 
-enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos, kSin,
-          kPastKeyRecent, kPastValueRecent, kNumIn };
-const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
-                                      "total_sequence_length", "rotation", "key_codebook", "value_codebook",
-                                      "qjl_matrix", "cos_cache", "sin_cache", "past_key_recent", "past_value_recent"};
-enum Out { kOutput, kPresentKey, kPresentValue, kPresentKeyRecent, kPresentValueRecent, kNumOut };
+using namespace attn;  // the op's inputs, outputs and rings (ort/attention_io.h)
 
 std::string str(int64_t v) { return std::to_string(v); }
 
@@ -59,17 +55,10 @@ struct AttentionKernel {
   float scale_, softcap_;
 };
 
-// A present-but-empty tensor counts as absent (exporters write "" or an empty initializer).
-Input opt_input(Ort::KernelContext& ctx, size_t i) {
-  Input in = get_input(ctx, i, kInNames[i]);
-  if (in.present && in.numel() == 0) in.present = false;
-  return in;
-}
-
 void AttentionKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   Input in[kNumIn];
-  for (size_t i = 0; i < kNumIn; ++i) in[i] = i >= kValueCb ? opt_input(ctx, i) : get_input(ctx, i, kInNames[i]);
+  read_inputs(ctx, in);
   const Input &q = in[kQuery], &k = in[kKey], &v = in[kValue], &pk = in[kPastKey], &pv = in[kPastValue];
   const Input &sl = in[kSeqlens], &tot = in[kTotal];
 
@@ -145,18 +134,7 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
   }
   // Recent-window rings: T [B, Hkv, R, d]; the value ring only when values are compressed.
   const int64_t R = recent_;
-  const std::vector<int64_t> ring_shape{B, hkv_, R, d};
-  const std::string ring_expected = shape_str(ring_shape) + " = [B, kv_num_heads, recent_window, d] (recent_window=" +
-                                    str(R) + ")";
-  if (R > 0) {
-    for (size_t i : {size_t(kPastKeyRecent), size_t(kPastValueRecent)}) {
-      if (i == kPastValueRecent && keys_only) continue;  // ignored: values are exact in the rows
-      const Input& r = in[i];
-      r.require(r.present, std::string("a ") + type_name(T) + " " + ring_expected + " ring buffer");
-      r.require(r.type == T, std::string("dtype ") + type_name(T) + " (the query's)");
-      r.require(r.shape == ring_shape, ring_expected);
-    }
-  }
+  std::vector<int64_t> ring_shape = check_rings(in, B, hkv_, R, d, T, keys_only);
   for (const Input* x : {&q, &k, &v}) {
     const int64_t bad = cpu::find_nonfinite(x->data, T == kF16, x->numel());
     if (bad >= 0) x->fail_expected("finite values (non-finite value at flat index " + str(bad) + ")");
@@ -165,14 +143,7 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
   auto out = ctx.GetOutput(kOutput, q.shape);
   auto present_k = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, Rk});
   auto present_v = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, keys_only ? int64_t(d) : Rv});
-  // Optional ring outputs (absent from the node, or named ""): nullptr.
-  void* present_kr = nullptr;
-  void* present_vr = nullptr;
-  if (ctx.GetOutputCount() > kPresentKeyRecent)
-    if (auto o = ctx.GetOutput(kPresentKeyRecent, ring_shape)) present_kr = o.GetTensorMutableRawData();
-  if (ctx.GetOutputCount() > kPresentValueRecent)
-    if (auto o = ctx.GetOutput(kPresentValueRecent, ring_shape)) present_vr = o.GetTensorMutableRawData();
-
+  const Rings rings = ring_io(ctx, in, std::move(ring_shape), R, T, keys_only);
   a.B = int(B); a.S = int(S); a.Hq = int(hq_); a.Hkv = int(hkv_); a.d = d;
   a.P = P; a.Pp = Pp;
   a.scale = scale_ != 0.0f ? scale_ : float(1.0 / std::sqrt(double(d)));
@@ -190,14 +161,10 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
   a.cos = in[kCos].data; a.sin = in[kSin].data;
   a.out = out.GetTensorMutableRawData();
   a.R = R;
-  if (R > 0) {
-    a.past_kr = in[kPastKeyRecent].data;
-    a.present_kr = present_kr;
-    // keys-only: the value ring is never read; a well-formed one is passed through, else zeros.
-    const Input& pvr = in[kPastValueRecent];
-    a.past_vr = !keys_only || (pvr.present && pvr.type == T && pvr.shape == ring_shape) ? pvr.data : nullptr;
-    a.present_vr = present_vr;
-  }
+  a.past_kr = rings.past_k;
+  a.present_kr = rings.present_k;
+  a.past_vr = rings.past_v;
+  a.present_vr = rings.present_v;
   cpu::attention(a);
 }
 
@@ -206,31 +173,11 @@ template <ElemType T, bool kKeysOnly>
 struct AttentionOp : OpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
   const char* GetName() const { return "TurboQuantAttention"; }
   size_t GetInputTypeCount() const { return kNumIn; }
-  ElemType GetInputType(size_t i) const {
-    switch (i) {
-      case kQuery: return T;
-      case kPastKey: return kU8;
-      // keys-only takes any dtype so a mismatch reaches the kernel's message, not a kernel lookup failure
-      case kPastValue: return kKeysOnly ? kAny : kU8;
-      case kSeqlens: case kTotal: return kI32;
-      case kRotation: case kKeyCb: case kValueCb: case kQjl: return kF32;
-      default: return kAny;  // key, value, cos/sin: checked against query's dtype by the kernel
-    }
-  }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i >= kValueCb ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
+  ElemType GetInputType(size_t i) const { return input_type(i, T, kKeysOnly); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return input_characteristic(i); }
   size_t GetOutputTypeCount() const { return kNumOut; }
-  ElemType GetOutputType(size_t i) const {
-    switch (i) {
-      case kPresentKey: return kU8;
-      case kPresentValue: return kKeysOnly ? T : kU8;
-      default: return T;  // output and the recent-window rings
-    }
-  }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return i >= kPresentKeyRecent ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
+  ElemType GetOutputType(size_t i) const { return output_type(i, T, kKeysOnly); }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return output_characteristic(i); }
 };
 
 }  // namespace

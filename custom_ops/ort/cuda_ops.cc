@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/tq_cuda_api.h"
+#include "ort/attention_io.h"
 #include "ort/common.h"
 
 namespace tq {
@@ -199,12 +200,7 @@ struct DecodeOp : CudaOpBase<DecodeOp, DecodeKernel> {
 // past_key_recent (and past_value_recent unless value_bits = 0) of dtype T and shape [B, Hkv, R, d];
 // absent ring outputs are not written; keys-only: a value ring of the ring's shape and dtype passes
 // through to present_value_recent (never read), anything else gives zeros.
-enum In { kQuery, kKey, kValue, kPastKey, kPastValue, kSeqlens, kTotal, kRotation, kKeyCb, kValueCb, kQjl, kCos,
-          kSin, kPastKeyRecent, kPastValueRecent, kNumIn };
-const char* const kInNames[kNumIn] = {"query", "key", "value", "past_key", "past_value", "seqlens_k",
-                                      "total_sequence_length", "rotation", "key_codebook", "value_codebook",
-                                      "qjl_matrix", "cos_cache", "sin_cache", "past_key_recent", "past_value_recent"};
-enum Out { kOutput, kPresentKey, kPresentValue, kPresentKeyRecent, kPresentValueRecent, kNumOut };
+using namespace ort::attn;  // the op's inputs, outputs and rings (ort/attention_io.h)
 
 struct AttentionKernel {
   explicit AttentionKernel(const OrtKernelInfo* info)
@@ -230,8 +226,7 @@ struct AttentionKernel {
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     Input in[kNumIn];
-    for (size_t i = 0; i < kNumIn; ++i)
-      in[i] = i >= kValueCb ? opt_input(ctx, i, kInNames[i]) : ort::get_input(ctx, i, kInNames[i]);
+    read_inputs(ctx, in);
     const Input &q = in[kQuery], &k = in[kKey], &v = in[kValue], &pk = in[kPastKey], &pv = in[kPastValue];
     const Input &sl = in[kSeqlens], &tot = in[kTotal];
     const int d = rotation_dim(in[kRotation]);
@@ -278,30 +273,11 @@ struct AttentionKernel {
     }
     // Recent-window rings: T [B, Hkv, R, d]; the value ring only when values are compressed.
     const int64_t R = recent_;
-    const std::vector<int64_t> ring_shape{B, hkv_, R, int64_t(d)};
-    const std::string ring_expected = ort::shape_str(ring_shape) +
-                                      " = [B, kv_num_heads, recent_window, d] (recent_window=" + str(R) + ")";
-    if (R > 0) {
-      for (size_t i : {size_t(kPastKeyRecent), size_t(kPastValueRecent)}) {
-        if (i == kPastValueRecent && keys_only) continue;  // ignored: values are exact in the rows
-        const Input& r = in[i];
-        r.require(r.present, std::string("a ") + ort::type_name(q.type) + " " + ring_expected + " ring buffer");
-        r.require(r.type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (the query's)");
-        r.require(r.shape == ring_shape, ring_expected);
-      }
-    }
+    std::vector<int64_t> ring_shape = check_rings(in, B, hkv_, R, d, q.type, keys_only);
     auto out = ctx.GetOutput(kOutput, {B, S, hq_ * d});
     auto prk = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, int64_t(Rk)});
     auto prv = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, Rv});
-    // Ring outputs the graph asks for ([B, Hkv, 0, d] when R = 0); absent ones ("" or missing): nullptr.
-    void* present_kr = nullptr;
-    void* present_vr = nullptr;
-    if (ctx.GetOutputCount() > kPresentKeyRecent)
-      if (auto o = ctx.GetOutput(kPresentKeyRecent, ring_shape))
-        if (R > 0) present_kr = o.GetTensorMutableRawData();
-    if (ctx.GetOutputCount() > kPresentValueRecent)
-      if (auto o = ctx.GetOutput(kPresentValueRecent, ring_shape))
-        if (R > 0) present_vr = o.GetTensorMutableRawData();
+    const Rings rings = ring_io(ctx, in, std::move(ring_shape), R, q.type, keys_only);
     TqAttnParams p{};
     p.query = q.data;
     p.key = k.data;
@@ -337,15 +313,10 @@ struct AttentionKernel {
     p.scale = scale_;
     p.softcap = softcap_;
     p.recent_window = R;
-    if (R > 0) {
-      p.past_key_recent = in[kPastKeyRecent].data;
-      // keys-only: the value ring is never read; a well-formed one is passed through, else zeros.
-      const Input& pvr = in[kPastValueRecent];
-      p.past_value_recent =
-          !keys_only || (pvr.present && pvr.type == q.type && pvr.shape == ring_shape) ? pvr.data : nullptr;
-      p.present_key_recent = present_kr;
-      p.present_value_recent = present_vr;
-    }
+    p.past_key_recent = rings.past_k;
+    p.past_value_recent = rings.past_v;
+    p.present_key_recent = rings.present_k;
+    p.present_value_recent = rings.present_v;
     if (B == 0 || S == 0) return;
     Scratch ws(ctx, tq_cuda_attention_workspace(&p));
     check(tq_cuda_attention(&p, ws.ptr, tq_cuda_attention_workspace(&p), ctx.GetGPUComputeStream()), name_);
@@ -361,33 +332,14 @@ template <ElemType T, bool kKeysOnly>
 struct AttentionOp : CudaOpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
   const char* GetName() const { return "TurboQuantAttention"; }
   size_t GetInputTypeCount() const { return kNumIn; }
-  ElemType GetInputType(size_t i) const {
-    switch (i) {
-      case kQuery: return T;
-      case kPastKey: return kU8;
-      case kPastValue: return kKeysOnly ? kAny : kU8;
-      case kSeqlens: case kTotal: return kI32;
-      case kRotation: case kKeyCb: case kValueCb: case kQjl: return kF32;
-      default: return kAny;
-    }
-  }
+  ElemType GetInputType(size_t i) const { return input_type(i, T, kKeysOnly); }
   OrtMemType GetInputMemoryType(size_t i) const {
     return i == kTotal ? OrtMemTypeCPUInput : OrtMemTypeDefault;
   }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i >= kValueCb ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return input_characteristic(i); }
   size_t GetOutputTypeCount() const { return kNumOut; }
-  ElemType GetOutputType(size_t i) const {
-    switch (i) {
-      case kPresentKey: return kU8;
-      case kPresentValue: return kKeysOnly ? T : kU8;
-      default: return T;  // output and the recent-window rings
-    }
-  }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return i >= kPresentKeyRecent ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
+  ElemType GetOutputType(size_t i) const { return output_type(i, T, kKeysOnly); }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return output_characteristic(i); }
 };
 
 }  // namespace
