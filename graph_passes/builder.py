@@ -56,7 +56,8 @@ class GraphBuilder:
         rings = [(plan.past_key_recent, plan.present_key_recent),
                  (plan.past_value_recent, plan.present_value_recent)] if plan.recent_window else []
         rings = [r for r in rings if r[0]]
-        inputs += [self._ring_input(plan, name, past_key) for name, _ in rings]
+        ring_inputs = [self._ring_input(plan, name, past_key) for name, _ in rings]
+        inputs += ring_inputs
         while inputs[-1] is None:
             inputs.pop()
         attrs = {
@@ -74,8 +75,7 @@ class GraphBuilder:
             attrs["recent_window"] = ir.AttrInt64("recent_window", plan.recent_window)
         outs = self.node("TurboQuantAttention", inputs, attrs, domain=DOMAIN, num_outputs=3 + len(rings),
                          name=name or f"tq/layer{plan.layer}/TurboQuantAttention")
-        for (past_name, present_name), out in zip(rings, outs[3:]):
-            ring_in = inputs[13 + rings.index((past_name, present_name))]
+        for (_, present_name), ring_in, out in zip(rings, ring_inputs, outs[3:]):
             out.name, out.type, out.shape = present_name, ring_in.type, ring_in.shape
             self.graph.outputs.append(out)
         return outs[:3]

@@ -33,13 +33,15 @@ def memory(cfg: dict, context: int, batch: int = 1) -> dict:
             "fp16_cache_bytes": fp16 * context * batch, "compression": fp16 * context / (tq * context + fixed)}
 
 
-def ring_bytes(layer: dict) -> int:
-    """Bytes per batch row of a layer's exact recent-window rings (K, and V when compressed): fixed."""
+def ring_bytes(layer: dict, itemsize: int | None = None) -> int:
+    """Bytes per batch row of a layer's exact recent-window rings (K, and V when compressed): fixed.
+    In the model's float dtype, or `itemsize` bytes per value."""
     R = layer.get("recent_window", 0)
     if not R:
         return 0
     rings = 1 + bool(layer["past_value_recent"])
-    return rings * layer["kv_heads"] * R * layer["head_dim"] * (2 if layer["recent_dtype"] == "float16" else 4)
+    itemsize = itemsize or (2 if layer["recent_dtype"] == "float16" else 4)
+    return rings * layer["kv_heads"] * R * layer["head_dim"] * itemsize
 
 
 def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: bool = False) -> str:

@@ -520,6 +520,8 @@ def bytes_of(variant: Variant, model_path: Path, context: int = 512) -> dict:
     Uniform baseline: analytic (b bits + fp16 scale and zero per row)."""
     import onnx
 
+    from .inspect import ring_bytes
+
     m = onnx.load(str(model_path), load_external_data=False)
     props = {p.key: p.value for p in m.metadata_props}
     if "turboquant.config" in props:
@@ -531,29 +533,28 @@ def bytes_of(variant: Variant, model_path: Path, context: int = 512) -> dict:
             fp16 += h * 4 * d
         values = sum(2 * L["kv_heads"] * L["head_dim"] for L in cfg["layers"])
         # rings counted in float16, as a float16 deployment stores them (this export is float32)
-        ring = sum((1 + bool(L.get("past_value_recent"))) * L["kv_heads"] * L.get("recent_window", 0) * L["head_dim"] * 2
-                   for L in cfg["layers"])
+        ring = sum(ring_bytes(L, itemsize=2) for L in cfg["layers"])
         how = "metadata row_bytes" + (" (values float16)" if any(not L["value_row_bytes"] for L in cfg["layers"]) else "")
-        out = {"bits_per_value": 8 * (tq + ring / context) / values, "bytes_per_token": tq, "fp16_bytes_per_token": fp16,
-               "compression": fp16 * context / (tq * context + ring), "how": how}
-        if ring:
-            out["ring_bytes"] = ring
-            out["compression_at"] = {str(n): fp16 * n / (tq * n + ring) for n in (4096, 32768)}
-            out["how"] += f"; float16 rings of the last {cfg['requested'].get('recent_window')} tokens over {context} tokens"
-        return out
+        return _spread(tq, fp16, ring, values, context, how,
+                       f"float16 rings of the last {cfg['requested'].get('recent_window')} tokens")
     if "tq_ort.uniform_baseline" in props:
         b = json.loads(props["tq_ort.uniform_baseline"])
         values = sum(2 * L["kv_heads"] * L["head_dim"] for L in b["layers"])
-        tq, fp16, ring = b["bytes_per_token"], b["fp16_bytes_per_token"], b.get("ring_bytes", 0)
-        out = {"bits_per_value": 8 * (tq + ring / context) / values, "bytes_per_token": tq,
-               "fp16_bytes_per_token": fp16, "compression": fp16 * context / (tq * context + ring),
-               "how": "analytic: b bits + fp16 scale + fp16 zero point per token per head"}
-        if ring:
-            out["ring_bytes"] = ring
-            out["compression_at"] = {str(n): fp16 * n / (tq * n + ring) for n in (4096, 32768)}
-            out["how"] += f"; float16 rows of the last {b['recent_window']} tokens over {context} tokens"
-        return out
+        return _spread(b["bytes_per_token"], b["fp16_bytes_per_token"], b.get("ring_bytes", 0), values, context,
+                       "analytic: b bits + fp16 scale + fp16 zero point per token per head",
+                       f"float16 rows of the last {b.get('recent_window')} tokens")
     return {"bits_per_value": 16.0, "compression": 1.0, "how": "no compressed-cache metadata"}
+
+
+def _spread(tq: int, fp16: int, ring: int, values: int, context: int, how: str, ring_how: str) -> dict:
+    """Bits per value and compression with a fixed `ring` of bytes spread over `context` tokens."""
+    out = {"bits_per_value": 8 * (tq + ring / context) / values, "bytes_per_token": tq, "fp16_bytes_per_token": fp16,
+           "compression": fp16 * context / (tq * context + ring), "how": how}
+    if ring:
+        out["ring_bytes"] = ring
+        out["compression_at"] = {str(n): fp16 * n / (tq * n + ring) for n in (4096, 32768)}
+        out["how"] += f"; {ring_how} over {context} tokens"
+    return out
 
 
 def build_variant(variant: Variant, src_onnx: Path, hf_config: dict, out_dir: Path) -> Path:
