@@ -15,6 +15,7 @@
 // order). 3b: the simple kernel reads the ring segment itself; ring_write_kernel writes the slots
 // afterwards. R = 0 runs the same instantiations as before the window existed (RING = false).
 #include <math.h>
+#include <stdlib.h>
 
 #include "tq_codec.cuh"
 #include "tq_cuda_api.h"
@@ -390,10 +391,11 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
 //   O^T accumulates P*vscale [16 x 16 keys] * Vc [16 keys x 8 coords] per 8-coordinate tile, with
 //     each thread's B fragment a key pair of one coordinate: a (code_a | code_b << b) lookup.
 // Values stay in the rotated domain; decode_combine_kernel rotates back once per output vector.
-constexpr int kDecodeWarps = 8;                                // v3: 8 warps share the LUTs (docs/cuda.md)
-constexpr int kSubPerWarp = 2;                                  // 16-key subtiles per warp per stage
-constexpr int kTileKeys = kDecodeWarps * kSubPerWarp * 16;      // keys per stage
-constexpr int kLutCopies = 16;
+constexpr int kDecodeWarps = 16;                    // v6: one block of 16 warps per SM (docs/cuda.md)
+constexpr int kTileKeys = kDecodeWarps * 16;        // keys per stage: one 16-key subtile per warp
+constexpr int kLutStride = 256;                     // bytes per table entry: 32 key copies, then 32 value copies
+constexpr int kLutV = 128;                          // offset of the value copies inside an entry
+constexpr int kQjlLutBytes = 4 * 32 * 4;            // QJL sign-pair table: 4 entries x 32 copies
 
 struct DecodeArgs {
   const uint8_t* pk;
@@ -406,14 +408,16 @@ struct DecodeArgs {
   float* part_o;      // [B*Hq, nsplit, D]
   float* part_ml;     // [B*Hq, nsplit, 2]
   int Hq, Hkv, G, Pp, Rk, Rv, kbits, vbits, m, window, nsplit, stage_bytes;
+  int nstages;        // cp.async pipeline depth (2 or 3, what fits in shared memory)
+  int lut_bytes;      // table bytes: kLutStride * max(2^(2 kbits), 2^(2 vbits))
   float softcap;
   int R;              // recent window: the rows end at past_len - R (the pre-pass reads the rest)
 };
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+  // Not volatile: a pure function of its operands, free to be scheduled among the table loads.
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
@@ -430,6 +434,20 @@ __device__ __forceinline__ void cp_async4(void* s, const void* g) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Programmatic dependent launch (sm_90+; no-ops before): the decode step's three kernels overlap
+// each one's launch and prologue with the previous one's tail. pdl_wait: the previous grid has
+// completed and its memory is visible; pdl_trigger: the next grid may launch.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 
 // Copy global bytes [g, g+nbytes) (g 4-byte aligned) so that byte x lands at
 // sbuf + (x - (g & ~15)); returns the offset of g inside sbuf.
@@ -451,55 +469,86 @@ __device__ __forceinline__ int load_span(uint8_t* sbuf, const uint8_t* g, int nb
 __device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) { return h2u(__floats2half2_rn(lo, hi)); }
 
-// Field of nbits (<= 32) at bit offset `bit` of the words at w (second word read if it straddles).
-__device__ __forceinline__ uint32_t field(const uint32_t* w, int wi, int sh, bool hi_needed) {
-  uint32_t lo = w[wi];
-  uint32_t hi = hi_needed ? w[wi + 1] : 0u;
-  return __funnelshift_r(lo, hi, sh);
+// Table word at byte offset `off` of the table, by its absolute shared-memory address: the table is
+// the start of dynamic shared memory, at kSmemBase (checked by the kernel; the host checks the GPU's
+// reserved shared memory), so the load is one LDS with an immediate offset and no address add.
+constexpr uint32_t kSmemBase = 1024;
+template <uint32_t IMM>
+__device__ __forceinline__ uint32_t lut_word(uint32_t off) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1+%2];\n" : "=r"(v) : "r"(off), "n"(kSmemBase + IMM));
+  return v;
+}
+// Offset of entry `byte J of w` for this lane's copy (lane4 = 4 * lane < 128): one PRMT puts the
+// byte at bits 8-15 (entry stride 256) and the lane's copy offset at bits 0-7.
+template <int J>
+__device__ __forceinline__ uint32_t byte_entry(uint32_t w, uint32_t lane4) {
+  return __byte_perm(w, lane4, 0x5504u | (J << 4));
+}
+// Transpose of an 8x8 fp16 matrix held in mma fragment layout (row lane/4, columns 2(lane%4), +1).
+__device__ __forceinline__ uint32_t movmatrix_t(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
 }
 
-// v2: coordinate permutation with one 8-code field per thread per pair of k-steps, b = 4 fast path
-// (compile-time shifts, LOP3 key-pair interleave), lazy rescale of the value accumulators.
-// Coordinates of k-step s (u = s/2, h = s%2) for thread t: c = 32u + 8t + 4h + {0,1 | 2,3}.
-template <int D, bool QJL, bool BIGG, bool B4>
-__global__ void __launch_bounds__(kDecodeWarps * 32, 2) decode_split_kernel(DecodeArgs a) {
+// Entry offsets of the 4 coordinate pairs of a thread's 8 coordinates 32u + 8t .. +7 of one row
+// (codes start at word 1 of the row; kmask8 = (2^(2b) - 1) << 8).
+template <int KB, int D>
+__device__ __forceinline__ void pair_entries(const uint32_t* row, int u, int t, int kb, uint32_t kmask8,
+                                             uint32_t lane4, uint32_t (&e)[4]) {
+  const bool valid = 32 * u + 8 * t < D;
+  if (KB == 4) {
+    const uint32_t f = valid ? row[1 + 4 * u + t] : 0u;
+    e[0] = byte_entry<0>(f, lane4);
+    e[1] = byte_entry<1>(f, lane4);
+    e[2] = byte_entry<2>(f, lane4);
+    e[3] = byte_entry<3>(f, lane4);
+  } else {
+    const uint32_t f = valid ? get_bits(row + 1, kb * (32 * u + 8 * t), 8 * kb) : 0u;
+    const uint32_t flo = f << 8, fhi = f >> 24;  // f * 256 as a 40-bit value
+#pragma unroll
+    for (int p = 0; p < 4; ++p) e[p] = (__funnelshift_r(flo, fhi, 2 * kb * p) & kmask8) | lane4;
+  }
+}
+
+// v6 (docs/cuda.md). Per block: one (batch, kv head), all G <= 16 query heads of the group, a range of
+// cached keys, 16 warps (one block per SM), a 2- or 3-stage cp.async pipeline of 256 keys per stage.
+// Per warp and 16-key subtile:
+//   S [16 keys x 8 heads] = Kc [16 keys x d] * Q_r^T: the key codes are the A operand (4 lookups per
+//     thread per k-step: keys r, r+8, two coordinate pairs each), the rotated query the B operand;
+//   softmax per head column (the heads of a thread's accumulator columns are its own: no shuffles);
+//   P^T as the B operand of the value mma by one movmatrix.trans per 8 keys;
+//   O^T [16 coords x 8 heads] += Vc^T [coords x 16 keys] * P^T, the value codes the A operand.
+// Lookups: one table of 2b-bit coordinate-pair entries (half2 of centroids), 32 copies per entry
+// (lane L reads copy L: no bank conflicts), key and value copies side by side at a 256-byte stride,
+// so an entry offset is one PRMT (b = 4) or a funnel shift and a LOP3 (other b). The d axis is
+// permuted so that k-step s (u = s/2, h = s%2) holds, for thread t, coordinates c = 32u + 8t + 4h +
+// {0,1 | 2,3}: one 32-bit code word (b = 4) feeds two k-steps. G > 8 (BIGG): a second n8 tile of
+// heads shares the A fragments. KB / VB: compile-time bit widths, 0 = run time.
+template <int D, bool QJL, bool BIGG, int KB, int VB>
+__global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(DecodeArgs a) {
   constexpr int NU = (D + 31) / 32;   // pairs of k-steps of the score mma (32 coordinates each)
   constexpr int NG = (D + 63) / 64;   // groups of 8 value tiles (64 coordinates)
+  constexpr int NB = BIGG ? 2 : 1;    // n8 tiles of heads
+  constexpr int NMT = 4 * NG;         // m16 tiles of coordinates of the value accumulator
   extern __shared__ float4 smem4[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem4);
-  const int kb = B4 ? 4 : a.kbits, vb = B4 ? 4 : a.vbits;
-  uint32_t* lutK = reinterpret_cast<uint32_t*>(smem);
-  uint32_t* lutV = lutK + (1 << (2 * kb)) * kLutCopies;
-  uint32_t* lutQ = lutV + (1 << (2 * vb)) * kLutCopies;
-  uint8_t* stages = reinterpret_cast<uint8_t*>(lutQ + 4 * kLutCopies);
+  const int kb = KB ? KB : a.kbits, vb = VB ? VB : a.vbits;
+  uint32_t* lutQ = reinterpret_cast<uint32_t*>(smem + a.lut_bytes);
+  uint8_t* stages = smem + a.lut_bytes + (QJL ? kQjlLutBytes : 0);
   const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int r = lane >> 2, t = lane & 3;
-  const int cl = lane & (kLutCopies - 1);
-  // Opaque to the compiler, so ((x >> s) & 0x3FC0) | cl4 stays one LOP3 (v3 SASS re-masked it).
-  uint32_t cl4;
-  asm("mov.b32 %0, %1;" : "=r"(cl4) : "r"((uint32_t)cl * 4u));
-  const uint8_t* lutKb = reinterpret_cast<const uint8_t*>(lutK);
-  const uint8_t* lutVb = reinterpret_cast<const uint8_t*>(lutV);
-#define TQ_LUT(base, off) (*reinterpret_cast<const uint32_t*>((base) + (off)))
-
-  for (int e = tid; e < (1 << (2 * kb)); e += blockDim.x) {
-    const uint32_t v = pack_h2(a.kcb[e & ((1 << kb) - 1)], a.kcb[e >> kb]);
-    uint4* dst = reinterpret_cast<uint4*>(lutK + e * kLutCopies);
-#pragma unroll
-    for (int c = 0; c < kLutCopies / 4; ++c) dst[c] = make_uint4(v, v, v, v);
+  const uint32_t lane4 = 4u * lane;
+  const int64_t prow0 = ((int64_t)b * a.Hq + (int64_t)g * a.G);
+  if (smem_u32(smem) != kSmemBase) {  // not the layout lut_word assumes: NaN, never silent garbage
+    for (int i = tid; i < a.G * D; i += blockDim.x)
+      a.part_o[((prow0 + i / D) * a.nsplit + split) * D + i % D] = __int_as_float(0x7fc00000);
+    for (int h = tid; h < a.G; h += blockDim.x)
+      *reinterpret_cast<float2*>(a.part_ml + ((prow0 + h) * a.nsplit + split) * 2) = make_float2(0.f, __int_as_float(0x7fc00000));
+    return;
   }
-  for (int e = tid; e < (1 << (2 * vb)); e += blockDim.x) {
-    const uint32_t v = pack_h2(a.vcb[e & ((1 << vb) - 1)], a.vcb[e >> vb]);
-    uint4* dst = reinterpret_cast<uint4*>(lutV + e * kLutCopies);
-#pragma unroll
-    for (int c = 0; c < kLutCopies / 4; ++c) dst[c] = make_uint4(v, v, v, v);
-  }
-  if (QJL)
-    for (int idx = tid; idx < 4 * kLutCopies; idx += blockDim.x) {
-      int e = idx / kLutCopies;
-      lutQ[idx] = pack_h2((e & 1) ? 1.f : -1.f, (e >> 1) ? 1.f : -1.f);
-    }
 
   const int L = a.seqlens[b] + 1;
   const bool ok = L >= 1 && L <= a.Pp;
@@ -512,334 +561,339 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 2) decode_split_kernel(Deco
   const int kbeg = lo + split * chunk;
   const int kend = min(chi, kbeg + chunk);
 
-  // Query fragments.
-  const int64_t qbase = ((int64_t)b * a.Hq + (int64_t)g * a.G) * D;
-  uint32_t qa0[2 * NU], qa2[2 * NU], qa1[BIGG ? 2 * NU : 1], qa3[BIGG ? 2 * NU : 1];
-#pragma unroll
-  for (int s = 0; s < 2 * NU; ++s) {
-    const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1);
-    uint2 v = make_uint2(0u, 0u), w = make_uint2(0u, 0u);
-    if (c < D) {
-      if (r < a.G) v = *reinterpret_cast<const uint2*>(a.qh + qbase + (int64_t)r * D + c);
-      if (BIGG && r + 8 < a.G) w = *reinterpret_cast<const uint2*>(a.qh + qbase + (int64_t)(r + 8) * D + c);
-    }
-    qa0[s] = v.x;
-    qa2[s] = v.y;
-    if (BIGG) {
-      qa1[s] = w.x;
-      qa3[s] = w.y;
-    }
-  }
-  constexpr int NQU = QJL ? 8 : 1;  // m <= 256, m % 32 == 0
-  uint32_t sa0[2 * NQU], sa2[2 * NQU], sa1[(QJL && BIGG) ? 2 * NQU : 1], sa3[(QJL && BIGG) ? 2 * NQU : 1];
-  const int nqu = QJL ? a.m / 32 : 0;
-  if (QJL) {
-    const int64_t sbase = ((int64_t)b * a.Hq + (int64_t)g * a.G) * a.m;
-#pragma unroll
-    for (int s = 0; s < 2 * NQU; ++s) {
-      sa0[s] = sa2[s] = 0u;
-      if (BIGG) sa1[s] = sa3[s] = 0u;
-      if ((s >> 1) < nqu) {
-        const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1);
-        if (r < a.G) {
-          uint2 v = *reinterpret_cast<const uint2*>(a.sqh + sbase + (int64_t)r * a.m + c);
-          sa0[s] = v.x;
-          sa2[s] = v.y;
-        }
-        if (BIGG && r + 8 < a.G) {
-          uint2 v = *reinterpret_cast<const uint2*>(a.sqh + sbase + (int64_t)(r + 8) * a.m + c);
-          sa1[s] = v.x;
-          sa3[s] = v.y;
-        }
-      }
-    }
-  }
-  const uint32_t vmask = (1u << vb) - 1u;
-  const uint32_t pmask = (1u << (2 * kb)) - 1u;
-  const int rnw = rnorm_word(D, kb);
-  const int sgw = signs_word(D, kb);
-
-  // O^T accumulators: M-tile mt (16 coordinates: slot r <-> 64*(mt/4) + 8r + 2*(mt%4), slot r+8 <-> +1),
-  // N = 8 heads (2t, 2t+1 in this thread), NB n8 tiles (heads 0-7 | 8-15).
-  constexpr int NMT = 4 * NG, NB = BIGG ? 2 : 1;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  float oacc[NMT][NB][4];
-#pragma unroll
-  for (int mt = 0; mt < NMT; ++mt)
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) oacc[mt][nb][k] = 0.f;
-
   const int64_t hrow0 = ((int64_t)b * a.Hkv + g) * a.Pp;
   const uint8_t* gK = a.pk + hrow0 * a.Rk;
   const uint8_t* gV = a.pv + hrow0 * a.Rv;
   const int ntiles = kend > kbeg ? (kend - kbeg + kTileKeys - 1) / kTileKeys : 0;
   const int kspan = ((kTileKeys * a.Rk + 16 + 8) + 15) & ~15;
-  auto stageK = [&](int st) { return stages + st * a.stage_bytes; };
-  auto stageV = [&](int st) { return stages + st * a.stage_bytes + kspan; };
-  int offK0 = 0, offK1 = 0, offV0 = 0, offV1 = 0;
-  __syncthreads();  // LUTs ready
-  if (ntiles > 0) {
-    int n0 = min(kTileKeys, kend - kbeg);
-    offK0 = load_span(stageK(0), gK + (int64_t)kbeg * a.Rk, n0 * a.Rk);
-    offV0 = load_span(stageV(0), gV + (int64_t)kbeg * a.Rv, n0 * a.Rv);
-  }
-  cp_commit();
-  for (int it = 0; it < ntiles; ++it) {
-    const int st = it & 1;
-    if (it + 1 < ntiles) {
-      int k0 = kbeg + (it + 1) * kTileKeys;
-      int n1 = min(kTileKeys, kend - k0);
-      int ok_ = load_span(stageK(st ^ 1), gK + (int64_t)k0 * a.Rk, n1 * a.Rk);
-      int ov_ = load_span(stageV(st ^ 1), gV + (int64_t)k0 * a.Rv, n1 * a.Rv);
-      if (st) { offK0 = ok_; offV0 = ov_; } else { offK1 = ok_; offV1 = ov_; }
-    }
+  const int NST = a.nstages;
+  int ld_stage = 0;  // stage of the next tile to load (tiles go round the stages)
+  auto issue = [&](int tile) {
+    const int k0 = kbeg + tile * kTileKeys, n = min(kTileKeys, kend - k0);
+    uint8_t* sb = stages + ld_stage * a.stage_bytes;
+    load_span(sb, gK + (int64_t)k0 * a.Rk, n * a.Rk);
+    load_span(sb + kspan, gV + (int64_t)k0 * a.Rv, n * a.Rv);
+    ld_stage = ld_stage + 1 == NST ? 0 : ld_stage + 1;
+  };
+  // The first stages are in flight while the tables are built.
+  for (int s = 0; s < NST - 1; ++s) {
+    if (s < ntiles) issue(s);
     cp_commit();
-    cp_wait<1>();
-    __syncthreads();
+  }
+  {
+    const int nk = 1 << (2 * kb), nv = 1 << (2 * vb), ne = max(nk, nv);
+    for (int i = tid; i < ne * 16; i += blockDim.x) {  // an entry is 16 uint4: 8 of key copies, 8 of value copies
+      const int e = i >> 4;
+      uint32_t v = 0u;
+      if ((i & 15) < 8) {
+        if (e < nk) v = pack_h2(a.kcb[e & ((1 << kb) - 1)], a.kcb[e >> kb]);
+      } else if (e < nv) {
+        v = pack_h2(a.vcb[e & ((1 << vb) - 1)], a.vcb[e >> vb]);
+      }
+      reinterpret_cast<uint4*>(smem)[i] = make_uint4(v, v, v, v);
+    }
+    if (QJL)
+      for (int i = tid; i < 4 * 32; i += blockDim.x) {
+        const int e = i >> 5;
+        lutQ[i] = pack_h2((e & 1) ? 1.f : -1.f, (e >> 1) ? 1.f : -1.f);
+      }
+  }
+
+  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query is the
+  // pre-pass's output. The combine may launch once every block is past this point.
+  pdl_wait();
+  pdl_trigger();
+  // Query B fragments: head 8nb + r, coordinates c .. c+3 of k-step s (zeros past G or D).
+  uint32_t qb[NB][2 * NU][2];
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int s = 0; s < 2 * NU; ++s) {
+      const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1), hh = 8 * nb + r;
+      uint2 v = make_uint2(0u, 0u);
+      if (c < D && hh < a.G) v = *reinterpret_cast<const uint2*>(a.qh + (prow0 + hh) * D + c);
+      qb[nb][s][0] = v.x;
+      qb[nb][s][1] = v.y;
+    }
+  constexpr int NQU = QJL ? 8 : 1;  // m <= 256, m % 32 == 0
+  uint32_t sb_[NB][2 * NQU][2];
+  const int nqu = QJL ? a.m / 32 : 0;
+  if (QJL) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int s = 0; s < 2 * NQU; ++s) {
+        const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1), hh = 8 * nb + r;
+        uint2 v = make_uint2(0u, 0u);
+        if ((s >> 1) < nqu && hh < a.G) v = *reinterpret_cast<const uint2*>(a.sqh + (prow0 + hh) * a.m + c);
+        sb_[nb][s][0] = v.x;
+        sb_[nb][s][1] = v.y;
+      }
+  }
+  const uint32_t vmask = (1u << vb) - 1u;
+  const uint32_t kmask8 = ((1u << (2 * kb)) - 1u) << 8;
+  const int rnw = rnorm_word(D, kb);
+  const int sgw = signs_word(D, kb);
+
+  // Running max (log2 domain) and partial sum of heads 8nb + 2t + j; O^T accumulators: m16 tile mt
+  // (slot r <-> coordinate 64*(mt/4) + 8r + 2*(mt%4), slot r+8 <-> +1) x heads 8nb + 2t, +1.
+  float mrun[NB][2], lrun[NB][2];
+  float oacc[NMT][NB][4];
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    mrun[nb][0] = mrun[nb][1] = -INFINITY;
+    lrun[nb][0] = lrun[nb][1] = 0.f;
+#pragma unroll
+    for (int mt = 0; mt < NMT; ++mt)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) oacc[mt][nb][k] = 0.f;
+  }
+
+  int rd_stage = 0;
+  for (int it = 0; it < ntiles; ++it) {
+    if (NST == 3) cp_wait<1>(); else cp_wait<0>();
+    __syncthreads();  // tile `it` landed for every thread; every warp is done with tile it - 1 (and the tables are built)
+    if (it + NST - 1 < ntiles) issue(it + NST - 1);  // into the stage of tile it - 1
+    cp_commit();
     const int t0 = kbeg + it * kTileKeys;
     const int nrows = min(kTileKeys, kend - t0);
-    const uint8_t* sK = stageK(st) + (st ? offK1 : offK0);
-    const uint8_t* sV = stageV(st) + (st ? offV1 : offV0);
+    const uint8_t* sbuf = stages + rd_stage * a.stage_bytes;
+    rd_stage = rd_stage + 1 == NST ? 0 : rd_stage + 1;
+    const int sub0 = warp * 16;
+    if (sub0 >= nrows) continue;
+    const uint8_t* sK = sbuf + ((uintptr_t)(gK + (int64_t)t0 * a.Rk) & 15);
+    const uint8_t* sV = sbuf + kspan + ((uintptr_t)(gV + (int64_t)t0 * a.Rv) & 15);
+    // ---- S [keys r, r+8 x heads 2t, 2t+1 (| +8)].
+    const bool okA = sub0 + r < nrows, okB = sub0 + r + 8 < nrows;
+    const uint32_t* krA = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(sub0 + r, nrows - 1) * a.Rk);
+    const uint32_t* krB = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(sub0 + r + 8, nrows - 1) * a.Rk);
+    float sc[NB][4];
 #pragma unroll
-    for (int u = 0; u < kSubPerWarp; ++u) {
-      const int sub0 = (warp * kSubPerWarp + u) * 16;
-      if (sub0 >= nrows) break;
-      // ---- scores^T: [heads x 16 keys] as two n8 tiles.
-      float sc[2][4];
+    for (int nb = 0; nb < NB; ++nb) sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.f;
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-        const uint32_t* kr = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(sub0 + nt * 8 + r, nrows - 1) * a.Rk);
+    for (int uu = 0; uu < NU; ++uu) {
+      uint32_t eA[4], eB[4];
+      pair_entries<KB, D>(krA, uu, t, kb, kmask8, lane4, eA);
+      pair_entries<KB, D>(krB, uu, t, kb, kmask8, lane4, eB);
 #pragma unroll
-        for (int uu = 0; uu < NU; ++uu) {
-          const bool valid = 32 * uu + 8 * t < D;
-          uint32_t f;
-          if (B4) {
-            f = valid ? kr[1 + 4 * uu + t] : 0u;
-          } else {
-            const int bit = kb * (32 * uu + 8 * t);
-            f = valid ? get_bits(kr + 1, bit, 8 * kb) : 0u;
-          }
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t a0 = lut_word<0>(eA[2 * h]), a2 = lut_word<0>(eA[2 * h + 1]);
+        const uint32_t a1 = lut_word<0>(eB[2 * h]), a3 = lut_word<0>(eB[2 * h + 1]);
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+          mma16816(sc[nb], a0, a1, a2, a3, qb[nb][2 * uu + h][0], qb[nb][2 * uu + h][1]);
+      }
+    }
+    const float ksA = __uint_as_float(krA[0]), ksB = __uint_as_float(krB[0]);
+    if (QJL) {
+      float qc[NB][4];
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) qc[nb][0] = qc[nb][1] = qc[nb][2] = qc[nb][3] = 0.f;
+#pragma unroll
+      for (int uu = 0; uu < NQU; ++uu) {
+        if (uu < nqu) {
+          const uint32_t fA = (krA[sgw + uu] >> (8 * t)) & 0xFFu, fB = (krB[sgw + uu] >> (8 * t)) & 0xFFu;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            uint32_t i0, i1;
-            if (B4) {
-              // byte (2h) and (2h+1) of f, times 64 (entry stride), | copy offset
-              i0 = ((h == 0 ? (f << 6) : (f >> 10)) & 0x3FC0u) | cl4;
-              i1 = ((h == 0 ? (f >> 2) : (f >> 18)) & 0x3FC0u) | cl4;
-            } else {
-              i0 = (((f >> (2 * kb * (2 * h))) & pmask) << 6) | cl4;
-              i1 = (((f >> (2 * kb * (2 * h + 1))) & pmask) << 6) | cl4;
-            }
-            const uint32_t b0 = TQ_LUT(lutKb, i0), b1 = TQ_LUT(lutKb, i1);
-            const int s = 2 * uu + h;
-            mma16816(sc[nt], qa0[s], BIGG ? qa1[s] : qa0[s], qa2[s], BIGG ? qa3[s] : qa2[s], b0, b1);  // !BIGG: rows 8-15 duplicate (unused)
-          }
-        }
-        const int k0 = min(sub0 + nt * 8 + 2 * t, nrows - 1), k1 = min(sub0 + nt * 8 + 2 * t + 1, nrows - 1);
-        const uint32_t* kr0 = reinterpret_cast<const uint32_t*>(sK + (int64_t)k0 * a.Rk);
-        const uint32_t* kr1 = reinterpret_cast<const uint32_t*>(sK + (int64_t)k1 * a.Rk);
-        const float ks0 = __uint_as_float(kr0[0]), ks1 = __uint_as_float(kr1[0]);
-        if (QJL) {
-          float qc[4] = {0.f, 0.f, 0.f, 0.f};
+            const uint32_t a0 = lutQ[((fA >> (4 * h)) & 3u) * 32 + lane], a2 = lutQ[((fA >> (4 * h + 2)) & 3u) * 32 + lane];
+            const uint32_t a1 = lutQ[((fB >> (4 * h)) & 3u) * 32 + lane], a3 = lutQ[((fB >> (4 * h + 2)) & 3u) * 32 + lane];
 #pragma unroll
-          for (int uu = 0; uu < NQU; ++uu) {
-            if (uu < nqu) {
-              uint32_t f = (kr[sgw + uu] >> (8 * t)) & 0xFFu;
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                uint32_t b0 = lutQ[((f >> (4 * h)) & 3u) * kLutCopies + cl];
-                uint32_t b1 = lutQ[((f >> (4 * h + 2)) & 3u) * kLutCopies + cl];
-                const int s = 2 * uu + h;
-                mma16816(qc, sa0[s], BIGG ? sa1[s] : sa0[s], sa2[s], BIGG ? sa3[s] : sa2[s], b0, b1);
-              }
-            }
-          }
-          const float rn0 = __uint_as_float(kr0[rnw]), rn1 = __uint_as_float(kr1[rnw]);
-          sc[nt][0] = sc[nt][0] * ks0 + qc[0] * rn0;
-          sc[nt][1] = sc[nt][1] * ks1 + qc[1] * rn1;
-          sc[nt][2] = sc[nt][2] * ks0 + qc[2] * rn0;
-          sc[nt][3] = sc[nt][3] * ks1 + qc[3] * rn1;
-        } else {
-          sc[nt][0] *= ks0;
-          sc[nt][1] *= ks1;
-          sc[nt][2] *= ks0;
-          sc[nt][3] *= ks1;
-        }
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int kk = sub0 + nt * 8 + 2 * t + (k & 1);
-          float s = sc[nt][k];
-          if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap) * kLog2e;
-          sc[nt][k] = kk < nrows ? s : -INFINITY;
-        }
-      }
-      // ---- online softmax, rows r (regs 0,1) and r+8 (regs 2,3); rescale only when a max moved.
-      float mx0 = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
-      float mx1 = BIGG ? fmaxf(fmaxf(sc[0][2], sc[0][3]), fmaxf(sc[1][2], sc[1][3])) : -INFINITY;
-      mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, 2));
-      if (BIGG) {
-        mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 2));
-      }
-      const bool moved = mx0 > m0 || (BIGG && mx1 > m1);
-      if (__any_sync(kFull, moved)) {
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float c0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0);
-        const float c1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= c0;
-        l1 *= c1;
-        // this thread's accumulator columns are heads 2t, 2t+1 (| 8+2t, 9+2t): their factors live in
-        // the lanes whose row r is that head
-        const float fa = __shfl_sync(kFull, c0, 8 * t), fb = __shfl_sync(kFull, c0, 8 * t + 4);
-        const float ga = BIGG ? __shfl_sync(kFull, c1, 8 * t) : 1.f, gb = BIGG ? __shfl_sync(kFull, c1, 8 * t + 4) : 1.f;
-#pragma unroll
-        for (int mt = 0; mt < NMT; ++mt) {
-          oacc[mt][0][0] *= fa;
-          oacc[mt][0][1] *= fb;
-          oacc[mt][0][2] *= fa;
-          oacc[mt][0][3] *= fb;
-          if (BIGG) {
-            oacc[mt][NB - 1][0] *= ga;
-            oacc[mt][NB - 1][1] *= gb;
-            oacc[mt][NB - 1][2] *= ga;
-            oacc[mt][NB - 1][3] *= gb;
+            for (int nb = 0; nb < NB; ++nb) mma16816(qc[nb], a0, a1, a2, a3, sb_[nb][2 * uu + h][0], sb_[nb][2 * uu + h][1]);
           }
         }
       }
-      const float mu0 = m0 == -INFINITY ? 0.f : m0, mu1 = m1 == -INFINITY ? 0.f : m1;
-      float p[2][4];
+      const float rnA = __uint_as_float(krA[rnw]), rnB = __uint_as_float(krB[rnw]);
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        p[nt][0] = exp2f(sc[nt][0] - mu0);
-        p[nt][1] = exp2f(sc[nt][1] - mu0);
-        p[nt][2] = BIGG ? exp2f(sc[nt][2] - mu1) : 0.f;
-        p[nt][3] = BIGG ? exp2f(sc[nt][3] - mu1) : 0.f;
+      for (int nb = 0; nb < NB; ++nb) {
+        sc[nb][0] = sc[nb][0] * ksA + qc[nb][0] * rnA;
+        sc[nb][1] = sc[nb][1] * ksA + qc[nb][1] * rnA;
+        sc[nb][2] = sc[nb][2] * ksB + qc[nb][2] * rnB;
+        sc[nb][3] = sc[nb][3] * ksB + qc[nb][3] * rnB;
       }
-      l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-      if (BIGG) l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
-      // ---- P * vscale as the A operand (keys 2t, 2t+1 | 8+2t, 8+2t+1).
-      const uint32_t* vr[4];
+    } else {
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        sc[nb][0] *= ksA;
+        sc[nb][1] *= ksA;
+        sc[nb][2] *= ksB;
+        sc[nb][3] *= ksB;
+      }
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        float s = sc[nb][k];
+        if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap) * kLog2e;
+        sc[nb][k] = (k < 2 ? okA : okB) ? s : -INFINITY;
+      }
+    // ---- online softmax per head column (max over the 16 keys: lanes of equal t); rescale only
+    // when a max moved.
+    float mx[NB][2];
+    bool moved = false;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float v = fmaxf(sc[nb][j], sc[nb][j + 2]);
+        v = fmaxf(v, __shfl_xor_sync(kFull, v, 4));
+        v = fmaxf(v, __shfl_xor_sync(kFull, v, 8));
+        v = fmaxf(v, __shfl_xor_sync(kFull, v, 16));
+        mx[nb][j] = v;
+        moved |= v > mrun[nb][j];
+      }
+    if (__any_sync(kFull, moved)) {
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const float mn = fmaxf(mrun[nb][j], mx[nb][j]);
+          const float c = mn == -INFINITY ? 1.f : exp2f(mrun[nb][j] - mn);
+          mrun[nb][j] = mn;
+          lrun[nb][j] *= c;
+#pragma unroll
+          for (int mt = 0; mt < NMT; ++mt) {
+            oacc[mt][nb][j] *= c;
+            oacc[mt][nb][j + 2] *= c;
+          }
+        }
+    }
+    // ---- P * vscale (keys r, r+8), transposed into the B fragments of the value mma.
+    const float vsA = okA ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(sub0 + r) * a.Rv)) : 0.f;
+    const float vsB = okB ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(sub0 + r + 8) * a.Rv)) : 0.f;
+    uint32_t bp[NB][2];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const float mu0 = mrun[nb][0] == -INFINITY ? 0.f : mrun[nb][0];
+      const float mu1 = mrun[nb][1] == -INFINITY ? 0.f : mrun[nb][1];
+      const float p0 = exp2f(sc[nb][0] - mu0), p1 = exp2f(sc[nb][1] - mu1);
+      const float p2 = exp2f(sc[nb][2] - mu0), p3 = exp2f(sc[nb][3] - mu1);
+      lrun[nb][0] += p0 + p2;
+      lrun[nb][1] += p1 + p3;
+      bp[nb][0] = movmatrix_t(pack_h2(p0 * vsA, p1 * vsA));  // keys 2t, 2t+1 of head r
+      bp[nb][1] = movmatrix_t(pack_h2(p2 * vsB, p3 * vsB));  // keys 2t+8, 2t+9
+    }
+    // ---- O^T += Vc^T * P^T: A fragment = key pairs (2t, 2t+1 | 2t+8, 2t+9) of coordinates in chunk r.
+    const uint32_t* vr[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int kk = sub0 + 2 * t + (q & 1) + 8 * (q >> 1);
+      vr[q] = reinterpret_cast<const uint32_t*>(sV + (int64_t)min(kk, nrows - 1) * a.Rv);
+    }
+#pragma unroll
+    for (int gg = 0; gg < NG; ++gg) {
+      const int chunkc = 8 * gg + r;
+      const bool vok = 8 * chunkc < D;
+      uint32_t x[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const int kk = sub0 + 2 * t + (q & 1) + 8 * (q >> 1);
-        vr[q] = reinterpret_cast<const uint32_t*>(sV + (int64_t)min(kk, nrows - 1) * a.Rv);
+        if (VB == 4) x[q] = vok ? vr[q][1 + chunkc] : 0u;
+        else x[q] = vok ? get_bits(vr[q] + 1, 8 * vb * chunkc, 8 * vb) : 0u;
       }
-      float vs[4];
+      uint32_t av[4][4];  // [j][a0..a3]: entry offsets of coordinate tile 4gg + j
+      if (VB == 4) {
+        // byte k of y0 / y1: (code_a | code_b << 4) of coordinate 2k / 2k+1 of the chunk
+        const uint32_t y0 = (x[0] & 0x0F0F0F0Fu) | ((x[1] << 4) & 0xF0F0F0F0u);
+        const uint32_t y1 = ((x[0] >> 4) & 0x0F0F0F0Fu) | (x[1] & 0xF0F0F0F0u);
+        const uint32_t z0 = (x[2] & 0x0F0F0F0Fu) | ((x[3] << 4) & 0xF0F0F0F0u);
+        const uint32_t z1 = ((x[2] >> 4) & 0x0F0F0F0Fu) | (x[3] & 0xF0F0F0F0u);
+#define TQ_VENT(J)                                                                                 \
+  av[J][0] = byte_entry<J>(y0, lane4), av[J][1] = byte_entry<J>(y1, lane4), av[J][2] = byte_entry<J>(z0, lane4), \
+  av[J][3] = byte_entry<J>(z1, lane4);
+        TQ_VENT(0)
+        TQ_VENT(1)
+        TQ_VENT(2)
+        TQ_VENT(3)
+#undef TQ_VENT
+      } else {
+        auto ent = [&](uint32_t xa, uint32_t xb, int c) -> uint32_t {
+          return ((((xa >> (vb * c)) & vmask) | (((xb >> (vb * c)) & vmask) << vb)) << 8) | lane4;
+        };
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int kk = sub0 + 2 * t + (q & 1) + 8 * (q >> 1);
-        vs[q] = kk < nrows ? __uint_as_float(vr[q][0]) : 0.f;
-      }
-      // P^T as the B operand: b0 = keys (2t, 2t+1), b1 = keys (2t+8, 2t+9) of head r (| r+8).
-      const uint32_t bp0 = pack_h2(p[0][0] * vs[0], p[0][1] * vs[1]);
-      const uint32_t bp1 = pack_h2(p[1][0] * vs[2], p[1][1] * vs[3]);
-      const uint32_t bq0 = BIGG ? pack_h2(p[0][2] * vs[0], p[0][3] * vs[1]) : 0u;
-      const uint32_t bq1 = BIGG ? pack_h2(p[1][2] * vs[2], p[1][3] * vs[3]) : 0u;
-      // ---- O^T += Vc^T * P^T: A fragment = key pairs (2t, 2t+1 | 2t+8, 2t+9) of coordinates in chunk r.
-#pragma unroll
-      for (int gg = 0; gg < NG; ++gg) {
-        const int chunkc = 8 * gg + r;
-        const bool vok = 8 * chunkc < D;
-        uint32_t x[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          if (B4) x[q] = vok ? vr[q][1 + chunkc] : 0u;
-          else x[q] = vok ? get_bits(vr[q] + 1, 8 * vb * chunkc, 8 * vb) : 0u;
+        for (int j = 0; j < 4; ++j) {
+          av[j][0] = ent(x[0], x[1], 2 * j);
+          av[j][1] = ent(x[0], x[1], 2 * j + 1);
+          av[j][2] = ent(x[2], x[3], 2 * j);
+          av[j][3] = ent(x[2], x[3], 2 * j + 1);
         }
-        if (B4) {
-          // byte k of y0 / y1: (code_a | code_b << 4) of coordinate 2k / 2k+1 of the chunk
-          const uint32_t y0 = (x[0] & 0x0F0F0F0Fu) | ((x[1] << 4) & 0xF0F0F0F0u);
-          const uint32_t y1 = ((x[0] >> 4) & 0x0F0F0F0Fu) | (x[1] & 0xF0F0F0F0u);
-          const uint32_t z0 = (x[2] & 0x0F0F0F0Fu) | ((x[3] << 4) & 0xF0F0F0F0u);
-          const uint32_t z1 = ((x[2] >> 4) & 0x0F0F0F0Fu) | (x[3] & 0xF0F0F0F0u);
+      }
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            auto idx = [&](uint32_t y) -> uint32_t {
-              return ((j == 0 ? (y << 6) : (y >> (8 * j - 6))) & 0x3FC0u) | cl4;
-            };
-            const uint32_t a0 = TQ_LUT(lutVb, idx(y0)), a1 = TQ_LUT(lutVb, idx(y1));
-            const uint32_t a2 = TQ_LUT(lutVb, idx(z0)), a3 = TQ_LUT(lutVb, idx(z1));
-            mma16816(oacc[4 * gg + j][0], a0, a1, a2, a3, bp0, bp1);
-            if (BIGG) mma16816(oacc[4 * gg + j][NB - 1], a0, a1, a2, a3, bq0, bq1);
-          }
-        } else {
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t a0 = lut_word<kLutV>(av[j][0]), a1 = lut_word<kLutV>(av[j][1]);
+        const uint32_t a2 = lut_word<kLutV>(av[j][2]), a3 = lut_word<kLutV>(av[j][3]);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            auto idx = [&](uint32_t xa, uint32_t xb, int c) -> uint32_t {
-              return (((((xa >> (vb * c)) & vmask) | (((xb >> (vb * c)) & vmask) << vb))) << 6) | cl4;
-            };
-            const uint32_t a0 = TQ_LUT(lutVb, idx(x[0], x[1], 2 * j)), a1 = TQ_LUT(lutVb, idx(x[0], x[1], 2 * j + 1));
-            const uint32_t a2 = TQ_LUT(lutVb, idx(x[2], x[3], 2 * j)), a3 = TQ_LUT(lutVb, idx(x[2], x[3], 2 * j + 1));
-            mma16816(oacc[4 * gg + j][0], a0, a1, a2, a3, bp0, bp1);
-            if (BIGG) mma16816(oacc[4 * gg + j][NB - 1], a0, a1, a2, a3, bq0, bq1);
-          }
+        for (int nb = 0; nb < NB; ++nb) mma16816(oacc[4 * gg + j][nb], a0, a1, a2, a3, bp[nb][0], bp[nb][1]);
+      }
+    }
+  }
+  cp_wait<0>();
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float v = lrun[nb][j];
+      v += __shfl_xor_sync(kFull, v, 4);
+      v += __shfl_xor_sync(kFull, v, 8);
+      v += __shfl_xor_sync(kFull, v, 16);
+      lrun[nb][j] = v;
+    }
+  // ---- merge the warps' partials by a tree in the accumulators' own layout (warp w takes w + half).
+  constexpr int NF = NB * (NMT * 4 + 4);  // floats per lane: accumulators, then m and l per column
+  float* mb = reinterpret_cast<float*>(smem);
+#pragma unroll 1
+  for (int half = kDecodeWarps / 2; half >= 1; half >>= 1) {
+    __syncthreads();  // the previous round's reads (or the main loop's shared-memory reads) are done
+    if (warp >= half && warp < 2 * half) {
+      float* dst = mb + (warp - half) * NF * 32 + lane;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int mt = 0; mt < NMT; ++mt)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) dst[(nb * NMT * 4 + mt * 4 + k) * 32] = oacc[mt][nb][k];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          dst[(NB * NMT * 4 + nb * 4 + j) * 32] = mrun[nb][j];
+          dst[(NB * NMT * 4 + nb * 4 + 2 + j) * 32] = lrun[nb][j];
         }
       }
     }
     __syncthreads();
+    if (warp < half) {
+      const float* src = mb + warp * NF * 32 + lane;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const float pm = src[(NB * NMT * 4 + nb * 4 + j) * 32], pl = src[(NB * NMT * 4 + nb * 4 + 2 + j) * 32];
+          const float mn = fmaxf(mrun[nb][j], pm);
+          const float c = mn == -INFINITY ? 0.f : exp2f(mrun[nb][j] - mn);
+          const float pc = mn == -INFINITY ? 0.f : exp2f(pm - mn);
+          lrun[nb][j] = lrun[nb][j] * c + pl * pc;
+          mrun[nb][j] = mn;
+#pragma unroll
+          for (int mt = 0; mt < NMT; ++mt) {
+            oacc[mt][nb][j] = oacc[mt][nb][j] * c + src[(nb * NMT * 4 + mt * 4 + j) * 32] * pc;
+            oacc[mt][nb][j + 2] = oacc[mt][nb][j + 2] * c + src[(nb * NMT * 4 + mt * 4 + j + 2) * 32] * pc;
+          }
+        }
+    }
   }
-  cp_wait<0>();
-#undef TQ_LUT
-  l0 += __shfl_xor_sync(kFull, l0, 1);
-  l0 += __shfl_xor_sync(kFull, l0, 2);
-  l1 += __shfl_xor_sync(kFull, l1, 1);
-  l1 += __shfl_xor_sync(kFull, l1, 2);
-  __syncthreads();
-  float* mo = reinterpret_cast<float*>(stages);
-  float* mm = mo + kDecodeWarps * a.G * D;
-  float* ml = mm + kDecodeWarps * a.G;
+  if (warp != 0) return;
 #pragma unroll
-  for (int mt = 0; mt < NMT; ++mt)
+  for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      const int cA = 64 * (mt >> 2) + 8 * r + 2 * (mt & 3), cB = cA + 1;
-      const int h0 = 8 * nb + 2 * t, h1 = h0 + 1;
-      if (cA < D) {
-        if (h0 < a.G) mo[(warp * a.G + h0) * D + cA] = oacc[mt][nb][0];
-        if (h1 < a.G) mo[(warp * a.G + h1) * D + cA] = oacc[mt][nb][1];
-        if (h0 < a.G) mo[(warp * a.G + h0) * D + cB] = oacc[mt][nb][2];
-        if (h1 < a.G) mo[(warp * a.G + h1) * D + cB] = oacc[mt][nb][3];
+    for (int j = 0; j < 2; ++j) {
+      const int h = 8 * nb + 2 * t + j;
+      if (h >= a.G) continue;
+      float* po = a.part_o + ((prow0 + h) * a.nsplit + split) * D;
+#pragma unroll
+      for (int mt = 0; mt < NMT; ++mt) {
+        const int cA = 64 * (mt >> 2) + 8 * r + 2 * (mt & 3);
+        if (cA < D) *reinterpret_cast<float2*>(po + cA) = make_float2(oacc[mt][nb][j], oacc[mt][nb][j + 2]);
       }
+      if (r == 0) *reinterpret_cast<float2*>(a.part_ml + ((prow0 + h) * a.nsplit + split) * 2) = make_float2(mrun[nb][j], lrun[nb][j]);
     }
-  if (t == 0) {
-    if (r < a.G) {
-      mm[warp * a.G + r] = m0;
-      ml[warp * a.G + r] = l0;
-    }
-    if (BIGG && r + 8 < a.G) {
-      mm[warp * a.G + r + 8] = m1;
-      ml[warp * a.G + r + 8] = l1;
-    }
-  }
-  __syncthreads();
-  const int64_t prow0 = ((int64_t)b * a.Hq + (int64_t)g * a.G);
-  for (int idx = tid; idx < a.G * D; idx += blockDim.x) {
-    int hh = idx / D, c = idx - hh * D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, mm[w * a.G + hh]);
-    float o = 0.f, l = 0.f;
-    if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kDecodeWarps; ++w) {
-        float f = exp2f(mm[w * a.G + hh] - M);
-        o += f * mo[(w * a.G + hh) * D + c];
-        l += f * ml[w * a.G + hh];
-      }
-    }
-    int64_t pr = (prow0 + hh) * a.nsplit + split;
-    a.part_o[pr * D + c] = o;
-    if (c == 0) {
-      a.part_ml[pr * 2] = M;
-      a.part_ml[pr * 2 + 1] = l;
-    }
-  }
 }
 
 // Decode step (S == 1) pre-pass in one launch (v5; was prep_qk + two encodes + decode_prep):
@@ -1103,6 +1157,7 @@ __device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint
 
 template <typename T, int E, bool HAD, bool RING>
 __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
+  pdl_trigger();  // the split kernel's prologue reads no output of this kernel (it waits before the query)
   __shared__ float cbK[256], bndK[256], cbV[256], bndV[256];
   __shared__ float bufs[4][256];
   __shared__ uint32_t cws[4][64];
@@ -1197,6 +1252,7 @@ __global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part
                                       int nsplit) {
   __shared__ float bufs[4][256];
   __shared__ float wbufs[4][512];  // nsplit <= 512 (choose_nsplit)
+  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int w = blockIdx.x * 4 + warp;
   if (w >= a.B * a.Hq) return;
@@ -1303,6 +1359,56 @@ struct Workspace {
 
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+// Tuning knobs (docs/cuda.md): TQ_CUDA_STAGES=2|3 caps the pipeline depth, TQ_CUDA_SPLITS=n fixes the
+// number of splits per (batch, kv head), TQ_CUDA_NOPDL=1 launches without PDL; unset = automatic.
+static int env_int(const char* name) {
+  const char* v = getenv(name);
+  return v ? atoi(v) : 0;
+}
+
+// Shared-memory layout of decode_split_kernel (v6): the pair table (kLutStride bytes per entry), the
+// QJL sign table, then `nstages` cp.async stages of kTileKeys key rows and value rows; the warps'
+// merge reuses the whole space afterwards.
+struct DecodeLayout {
+  int stage_bytes = 0, nstages = 0, lut_bytes = 0;
+  size_t smem = 0;
+};
+
+static int max_smem_optin() {
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int* c = (dev >= 0 && dev < 64) ? &cached[dev] : nullptr;
+  if (c && *c) return *c;
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) v = 48 * 1024;
+  if (c) *c = v;
+  return v;
+}
+
+static bool decode_layout(const TqAttnParams* p, DecodeLayout& L) {
+  const int d = (int)p->d, kb = (int)p->key_bits, vb = (int)p->value_bits;
+  const int Rk = row_bytes(d, kb, (int)p->use_qjl, (int)p->m), Rv = row_bytes(d, vb, 0, 0);
+  const int kspan = ((kTileKeys * Rk + 16 + 8) + 15) & ~15;
+  const int vspan = ((kTileKeys * Rv + 16 + 8) + 15) & ~15;
+  L.stage_bytes = kspan + vspan;
+  L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
+  const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
+  const size_t merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
+  const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0);
+  static const int max_stages = env_int("TQ_CUDA_STAGES") == 2 ? 2 : 3;
+  for (int nst = max_stages; nst >= 2; --nst) {
+    size_t s = fixed + (size_t)nst * L.stage_bytes;
+    if (s < merge) s = merge;
+    if (s <= (size_t)max_smem_optin()) {
+      L.nstages = nst;
+      L.smem = s;
+      return true;
+    }
+  }
+  return false;
+}
+
 static bool fast_path_ok(const TqAttnParams* p) {
   if (p->force_path == 1) return false;
   if (p->S != 1) return false;
@@ -1312,14 +1418,26 @@ static bool fast_path_ok(const TqAttnParams* p) {
   int G = (int)(p->Hq / p->Hkv);
   if (G > 16) return false;
   if (p->use_qjl && (p->m % 32 != 0 || p->m > 256)) return false;
-  return true;
+  // decode_split_kernel addresses its table at the absolute shared address kSmemBase: dynamic shared
+  // memory starts right after the reserved part (1 KB on sm_80 .. sm_90; the kernel checks it too).
+  static int reserved = -1;
+  if (reserved < 0) {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    reserved = cudaDeviceGetAttribute(&v, cudaDevAttrReservedSharedMemoryPerBlock, dev) == cudaSuccess ? v : 0;
+  }
+  if (reserved != (int)kSmemBase) return false;
+  DecodeLayout L;
+  return decode_layout(p, L);  // shared memory of this GPU (sm_80: 163 KB) too small: the simple kernel
 }
 
+// One resident block per SM (v6): as many splits per (batch, kv head) as fill the SMs once, never a
+// partial second wave (B * Hkv >= #SMs: one split each).
 static int choose_nsplit(const TqAttnParams* p) {
-  int64_t pairs = p->B * p->Hkv;
-  int64_t target = (int64_t)num_sms() * 2;  // two resident blocks per SM
-  int64_t ns = (target + pairs - 1) / pairs;
-  int64_t maxs = (p->Pp + kTileKeys - 1) / kTileKeys;
+  const int64_t pairs = p->B * p->Hkv, sms = num_sms();
+  static const int forced = env_int("TQ_CUDA_SPLITS");
+  int64_t ns = forced > 0 ? forced : pairs >= sms ? 1 : sms / pairs;
+  const int64_t maxs = (p->Pp + kTileKeys - 1) / kTileKeys;
   if (ns > maxs) ns = maxs;
   if (ns > 512) ns = 512;
   if (ns < 1) ns = 1;
@@ -1351,20 +1469,6 @@ static Workspace carve(const TqAttnParams* p, void* base) {
   return w;
 }
 
-static size_t decode_smem_bytes(const TqAttnParams* p, int& stage_bytes) {
-  int Rk = row_bytes((int)p->d, (int)p->key_bits, (int)p->use_qjl, (int)p->m);
-  int Rv = row_bytes((int)p->d, (int)p->value_bits, 0, 0);
-  int kspan = ((kTileKeys * Rk + 16 + 8) + 15) & ~15;
-  int vspan = ((kTileKeys * Rv + 16 + 8) + 15) & ~15;
-  stage_bytes = kspan + vspan;
-  size_t lut = sizeof(uint32_t) * kLutCopies * ((1 << (2 * p->key_bits)) + (1 << (2 * p->value_bits)) + 4);
-  lut = (lut + 15) & ~(size_t)15;
-  size_t G = p->Hq / p->Hkv;
-  size_t merge = sizeof(float) * kDecodeWarps * G * (p->d + 2);
-  size_t st = 2 * (size_t)stage_bytes;
-  return lut + (st > merge ? st : merge);
-}
-
 // Dynamic shared memory of a RING block of the pre-pass (decode_ring_block) and its keys per tile.
 static size_t ring_block_smem(const TqAttnParams* p, int& tk) {
   const size_t G = (size_t)(p->Hq / p->Hkv), d = (size_t)p->d, ts = p->dtype == kF32 ? 4 : 2;
@@ -1377,9 +1481,35 @@ static size_t ring_block_smem(const TqAttnParams* p, int& tk) {
   return bytes(t);
 }
 
-template <int D, bool QJL, bool BIGG, bool B4>
+// Launch with programmatic stream serialization (PDL) on sm_90+, a plain launch before.
+template <typename... Args>
+static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  static int cc[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int major = 0;
+  if (dev >= 0 && dev < 64 && cc[dev]) major = cc[dev];
+  else {
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (dev >= 0 && dev < 64) cc[dev] = major;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  static const bool off = env_int("TQ_CUDA_NOPDL") != 0;  // tuning knob: plain launches
+  cfg.numAttrs = major >= 9 && !off ? 1 : 0;
+  return (int)cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
+template <int D, bool QJL, bool BIGG, int KB, int VB>
 static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaStream_t stream) {
-  auto kern = decode_split_kernel<D, QJL, BIGG, B4>;
+  auto kern = decode_split_kernel<D, QJL, BIGG, KB, VB>;
   // Raise the dynamic shared-memory limit once per size seen (a host call per launch costs ORT time).
   static int raised[64] = {0};
   int dev = 0;
@@ -1389,18 +1519,23 @@ static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaS
     if (e != cudaSuccess) return (int)e;
     if (dev >= 0 && dev < 64) raised[dev] = (int)smem;
   }
-  dim3 grid(da.nsplit, Hkv, B);
-  kern<<<grid, kDecodeWarps * 32, smem, stream>>>(da);
-  return (int)cudaGetLastError();
+  return launch_pdl(kern, dim3(da.nsplit, Hkv, B), dim3(kDecodeWarps * 32), smem, stream, da);
+}
+
+template <int D, bool BIGG>
+static int launch_split_bits(const DecodeArgs& da, bool qjl, int B, int Hkv, size_t smem, cudaStream_t s) {
+  // Compile-time bit widths for the common caches (K4V4, the balanced preset's K4V3, K3V3); QJL and
+  // the rest take run-time widths.
+  if (qjl) return launch_split<D, true, BIGG, 0, 0>(da, B, Hkv, smem, s);
+  if (da.kbits == 4 && da.vbits == 4) return launch_split<D, false, BIGG, 4, 4>(da, B, Hkv, smem, s);
+  if (da.kbits == 4 && da.vbits == 3) return launch_split<D, false, BIGG, 4, 3>(da, B, Hkv, smem, s);
+  if (da.kbits == 3 && da.vbits == 3) return launch_split<D, false, BIGG, 3, 3>(da, B, Hkv, smem, s);
+  return launch_split<D, false, BIGG, 0, 0>(da, B, Hkv, smem, s);
 }
 
 template <int D>
 static int launch_split_d(const DecodeArgs& da, bool qjl, bool bigg, int B, int Hkv, size_t smem, cudaStream_t s) {
-  // b = 4 keys and values get the compile-time fast path (no QJL); everything else the run-time-bits one.
-  if (qjl) return bigg ? launch_split<D, true, true, false>(da, B, Hkv, smem, s) : launch_split<D, true, false, false>(da, B, Hkv, smem, s);
-  if (da.kbits == 4 && da.vbits == 4)
-    return bigg ? launch_split<D, false, true, true>(da, B, Hkv, smem, s) : launch_split<D, false, false, true>(da, B, Hkv, smem, s);
-  return bigg ? launch_split<D, false, true, false>(da, B, Hkv, smem, s) : launch_split<D, false, false, false>(da, B, Hkv, smem, s);
+  return bigg ? launch_split_bits<D, true>(da, qjl, B, Hkv, smem, s) : launch_split_bits<D, false>(da, qjl, B, Hkv, smem, s);
 }
 
 template <typename T, int E, bool HAD, bool RING>
@@ -1493,7 +1628,12 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.nsplit = ns;
     da.softcap = aa.softcap;
     da.R = RING ? aa.R : 0;
-    size_t smem = decode_smem_bytes(p, da.stage_bytes);
+    DecodeLayout lay;
+    decode_layout(p, lay);  // fits: fast_path_ok
+    da.stage_bytes = lay.stage_bytes;
+    da.nstages = lay.nstages;
+    da.lut_bytes = lay.lut_bytes;
+    const size_t smem = lay.smem;
     bool qjl = p->use_qjl != 0, bigg = da.G > 8;
     switch (aa.d) {
       case 64: rc = launch_split_d<64>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
@@ -1509,8 +1649,8 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       ac.ring_o = ws.ring_o;
       ac.ring_ml = ws.ring_ml;
     }
-    decode_combine_kernel<T, E, HAD, RING><<<(BH + 3) / 4, 128, 0, stream>>>(ac, ws.part_o, ws.part_ml, ns);
-    return (int)cudaGetLastError();
+    return launch_pdl(decode_combine_kernel<T, E, HAD, RING>, dim3((BH + 3) / 4), dim3(128), 0, stream, ac,
+                      (const float*)ws.part_o, (const float*)ws.part_ml, ns);
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
   attn_simple_kernel<T, E, HAD, RING><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(aa);
