@@ -396,6 +396,7 @@ constexpr int kTileKeys = kDecodeWarps * 16;        // keys per stage: one 16-ke
 constexpr int kLutStride = 256;                     // bytes per table entry: 32 key copies, then 32 value copies
 constexpr int kLutV = 128;                          // offset of the value copies inside an entry
 constexpr int kQjlLutBytes = 4 * 32 * 4;            // QJL sign-pair table: 4 entries x 32 copies
+constexpr int kMbarBytes = 32;                      // the stages' mbarriers (sm_90), before the stages
 
 struct DecodeArgs {
   const uint8_t* pk;
@@ -465,6 +466,47 @@ __device__ __forceinline__ int load_span(uint8_t* sbuf, const uint8_t* g, int nb
   }
   return (int)(a - base);
 }
+
+// sm_90 stage loads (v7): one thread copies a tile's key and value spans with two TMA bulk copies
+// that complete on the stage's mbarrier (was: every thread issuing 16-byte cp.async, ~200 of the ~580
+// instructions per warp and tile). The copy is the 16-byte aligned superset of the span, byte x landing
+// at sbuf + (x - (g & ~15)) as with load_span; where rounding the end up would pass the end of the
+// tensor, the last (< 16) bytes are copied by plain loads.
+__device__ __forceinline__ void mbar_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_inval(uint32_t bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+// Bytes of the bulk part of span [g, g + nbytes) (the aligned superset, cut at lim & ~15).
+__device__ __forceinline__ uint32_t bulk_bytes(const uint8_t* g, int nbytes, const uint8_t* lim) {
+  const uintptr_t a = (uintptr_t)g & ~(uintptr_t)15;
+  uintptr_t e = ((uintptr_t)g + nbytes + 15) & ~(uintptr_t)15;
+  if (e > (uintptr_t)lim) e = (uintptr_t)lim & ~(uintptr_t)15;
+  return e > a ? (uint32_t)(e - a) : 0u;
+}
+__device__ __forceinline__ void bulk_span(uint8_t* sbuf, const uint8_t* g, int nbytes, uint32_t bulk, uint32_t bar) {
+  const uintptr_t a = (uintptr_t)g & ~(uintptr_t)15;
+  if (bulk) bulk_g2s(sbuf, (const void*)a, bulk, bar);
+  for (uintptr_t x = a + bulk; x < (uintptr_t)g + nbytes; x += 4)  // tail past the last aligned granule of the tensor
+    *reinterpret_cast<uint32_t*>(sbuf + (x - a)) = *reinterpret_cast<const uint32_t*>(x);
+}
+#endif
 
 __device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) { return h2u(__floats2half2_rn(lo, hi)); }
@@ -536,7 +578,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   uint8_t* smem = reinterpret_cast<uint8_t*>(smem4);
   const int kb = KB ? KB : a.kbits, vb = VB ? VB : a.vbits;
   uint32_t* lutQ = reinterpret_cast<uint32_t*>(smem + a.lut_bytes);
-  uint8_t* stages = smem + a.lut_bytes + (QJL ? kQjlLutBytes : 0);
+  uint8_t* stages = smem + a.lut_bytes + (QJL ? kQjlLutBytes : 0) + kMbarBytes;
   const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int r = lane >> 2, t = lane & 3;
@@ -568,6 +610,29 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   const int kspan = ((kTileKeys * a.Rk + 16 + 8) + 15) & ~15;
   const int NST = a.nstages;
   int ld_stage = 0;  // stage of the next tile to load (tiles go round the stages)
+  const uint32_t bar0 = smem_u32(stages) - kMbarBytes;  // one mbarrier per stage (sm_90)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kTma = true;
+  const uint8_t* limK = a.pk + (int64_t)gridDim.z * a.Hkv * a.Pp * a.Rk;  // ends of the row tensors
+  const uint8_t* limV = a.pv + (int64_t)gridDim.z * a.Hkv * a.Pp * a.Rv;
+  auto issue = [&](int tile) {  // thread 0 only
+    const int k0 = kbeg + tile * kTileKeys, n = min(kTileKeys, kend - k0);
+    uint8_t* sb = stages + ld_stage * a.stage_bytes;
+    const uint8_t *g0 = gK + (int64_t)k0 * a.Rk, *g1 = gV + (int64_t)k0 * a.Rv;
+    const uint32_t bk = bulk_bytes(g0, n * a.Rk, limK), bv = bulk_bytes(g1, n * a.Rv, limV);
+    const uint32_t bar = bar0 + 8 * ld_stage;
+    mbar_expect_tx(bar, bk + bv);
+    bulk_span(sb, g0, n * a.Rk, bk, bar);
+    bulk_span(sb + kspan, g1, n * a.Rv, bv, bar);
+    ld_stage = ld_stage + 1 == NST ? 0 : ld_stage + 1;
+  };
+  if (tid == 0) {
+    for (int s = 0; s < NST; ++s) mbar_init(bar0 + 8 * s);
+    fence_mbar_init();
+    for (int s = 0; s < NST - 1 && s < ntiles; ++s) issue(s);  // in flight while the tables are built
+  }
+#else
+  constexpr bool kTma = false;
   auto issue = [&](int tile) {
     const int k0 = kbeg + tile * kTileKeys, n = min(kTileKeys, kend - k0);
     uint8_t* sb = stages + ld_stage * a.stage_bytes;
@@ -575,11 +640,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     load_span(sb + kspan, gV + (int64_t)k0 * a.Rv, n * a.Rv);
     ld_stage = ld_stage + 1 == NST ? 0 : ld_stage + 1;
   };
-  // The first stages are in flight while the tables are built.
-  for (int s = 0; s < NST - 1; ++s) {
+  for (int s = 0; s < NST - 1; ++s) {  // in flight while the tables are built
     if (s < ntiles) issue(s);
     cp_commit();
   }
+#endif
   {
     const int nk = 1 << (2 * kb), nv = 1 << (2 * vb), ne = max(nk, nv);
     for (int i = tid; i < ne * 16; i += blockDim.x) {  // an entry is 16 uint4: 8 of key copies, 8 of value copies
@@ -599,6 +664,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
       }
   }
 
+  __syncthreads();  // tables built, mbarriers initialized
   // Everything above reads inputs only (rows below past_len, codebooks); the rotated query is the
   // pre-pass's output. The combine may launch once every block is past this point.
   pdl_wait();
@@ -650,11 +716,19 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   }
 
   int rd_stage = 0;
+  uint32_t parity = 0;  // bit s: the phase of stage s's mbarrier to wait for
   for (int it = 0; it < ntiles; ++it) {
-    if (NST == 3) cp_wait<1>(); else cp_wait<0>();
-    __syncthreads();  // tile `it` landed for every thread; every warp is done with tile it - 1 (and the tables are built)
-    if (it + NST - 1 < ntiles) issue(it + NST - 1);  // into the stage of tile it - 1
-    cp_commit();
+    if constexpr (kTma) {
+      mbar_wait(bar0 + 8 * rd_stage, (parity >> rd_stage) & 1u);
+      parity ^= 1u << rd_stage;
+    } else if (NST == 3) {
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();  // tile `it` landed for every thread; every warp is done with tile it - 1
+    if (it + NST - 1 < ntiles && (!kTma || tid == 0)) issue(it + NST - 1);  // into the stage of tile it - 1
+    if constexpr (!kTma) cp_commit();
     const int t0 = kbeg + it * kTileKeys;
     const int nrows = min(kTileKeys, kend - t0);
     const uint8_t* sbuf = stages + rd_stage * a.stage_bytes;
@@ -826,7 +900,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
       }
     }
   }
-  cp_wait<0>();
+  if constexpr (kTma) {
+    __syncthreads();  // every wait is done: the mbarriers' memory joins the merge space
+    if (tid == 0)
+      for (int s = 0; s < NST; ++s) mbar_inval(bar0 + 8 * s);
+  } else {
+    cp_wait<0>();
+  }
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -1395,7 +1475,7 @@ static bool decode_layout(const TqAttnParams* p, DecodeLayout& L) {
   L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
   const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
   const size_t merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
-  const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0);
+  const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0) + kMbarBytes;
   static const int max_stages = env_int("TQ_CUDA_STAGES") == 2 ? 2 : 3;
   for (int nst = max_stages; nst >= 2; --nst) {
     size_t s = fixed + (size_t)nst * L.stage_bytes;
