@@ -534,6 +534,23 @@ __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x) {
   return y;
 }
 
+// B fragments of the score mmas from a row-major [heads, ncols] fp16 matrix m (rotated query or its QJL
+// sketch): head 8nb + r, columns c .. c+3 of k-step s, c = 32(s/2) + 8t + 4(s%2); zeros at heads >= G or
+// columns >= ncols (the d axis permutation of decode_split_kernel).
+template <int NB, int NS>
+__device__ __forceinline__ void load_b_frags(const __half* m, int ncols, int G, int r, int t, uint32_t (&f)[NB][NS][2]) {
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1), hh = 8 * nb + r;
+      uint2 v = make_uint2(0u, 0u);
+      if (c < ncols && hh < G) v = *reinterpret_cast<const uint2*>(m + (int64_t)hh * ncols + c);
+      f[nb][s][0] = v.x;
+      f[nb][s][1] = v.y;
+    }
+}
+
 // Entry offsets of the 4 coordinate pairs of a thread's 8 coordinates 32u + 8t .. +7 of one row
 // (codes start at word 1 of the row; kmask8 = (2^(2b) - 1) << 8).
 template <int KB, int D>
@@ -669,33 +686,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   // pre-pass's output. The combine may launch once every block is past this point.
   pdl_wait();
   pdl_trigger();
-  // Query B fragments: head 8nb + r, coordinates c .. c+3 of k-step s (zeros past G or D).
+  // B fragments of the rotated query (and of its QJL sketch, m columns: m % 32 == 0, m <= 256).
   uint32_t qb[NB][2 * NU][2];
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-    for (int s = 0; s < 2 * NU; ++s) {
-      const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1), hh = 8 * nb + r;
-      uint2 v = make_uint2(0u, 0u);
-      if (c < D && hh < a.G) v = *reinterpret_cast<const uint2*>(a.qh + (prow0 + hh) * D + c);
-      qb[nb][s][0] = v.x;
-      qb[nb][s][1] = v.y;
-    }
-  constexpr int NQU = QJL ? 8 : 1;  // m <= 256, m % 32 == 0
+  load_b_frags(a.qh + prow0 * D, D, a.G, r, t, qb);
+  constexpr int NQU = QJL ? 8 : 1;
   uint32_t sb_[NB][2 * NQU][2];
   const int nqu = QJL ? a.m / 32 : 0;
-  if (QJL) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int s = 0; s < 2 * NQU; ++s) {
-        const int c = 32 * (s >> 1) + 8 * t + 4 * (s & 1), hh = 8 * nb + r;
-        uint2 v = make_uint2(0u, 0u);
-        if ((s >> 1) < nqu && hh < a.G) v = *reinterpret_cast<const uint2*>(a.sqh + (prow0 + hh) * a.m + c);
-        sb_[nb][s][0] = v.x;
-        sb_[nb][s][1] = v.y;
-      }
-  }
+  if (QJL) load_b_frags(a.sqh + prow0 * a.m, a.m, a.G, r, t, sb_);
   const uint32_t vmask = (1u << vb) - 1u;
   const uint32_t kmask8 = ((1u << (2 * kb)) - 1u) << 8;
   const int rnw = rnorm_word(D, kb);
@@ -1454,18 +1451,6 @@ struct DecodeLayout {
   size_t smem = 0;
 };
 
-static int max_smem_optin() {
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int* c = (dev >= 0 && dev < 64) ? &cached[dev] : nullptr;
-  if (c && *c) return *c;
-  int v = 0;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) v = 48 * 1024;
-  if (c) *c = v;
-  return v;
-}
-
 static bool decode_layout(const TqAttnParams* p, DecodeLayout& L) {
   const int d = (int)p->d, kb = (int)p->key_bits, vb = (int)p->value_bits;
   const int Rk = row_bytes(d, kb, (int)p->use_qjl, (int)p->m), Rv = row_bytes(d, vb, 0, 0);
@@ -1480,7 +1465,7 @@ static bool decode_layout(const TqAttnParams* p, DecodeLayout& L) {
   for (int nst = max_stages; nst >= 2; --nst) {
     size_t s = fixed + (size_t)nst * L.stage_bytes;
     if (s < merge) s = merge;
-    if (s <= (size_t)max_smem_optin()) {
+    if (s <= (size_t)smem_optin_limit()) {
       L.nstages = nst;
       L.smem = s;
       return true;
@@ -1500,13 +1485,7 @@ static bool fast_path_ok(const TqAttnParams* p) {
   if (p->use_qjl && (p->m % 32 != 0 || p->m > 256)) return false;
   // decode_split_kernel addresses its table at the absolute shared address kSmemBase: dynamic shared
   // memory starts right after the reserved part (1 KB on sm_80 .. sm_90; the kernel checks it too).
-  static int reserved = -1;
-  if (reserved < 0) {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    reserved = cudaDeviceGetAttribute(&v, cudaDevAttrReservedSharedMemoryPerBlock, dev) == cudaSuccess ? v : 0;
-  }
-  if (reserved != (int)kSmemBase) return false;
+  if (device_attr<cudaDevAttrReservedSharedMemoryPerBlock>(0) != (int)kSmemBase) return false;
   DecodeLayout L;
   return decode_layout(p, L);  // shared memory of this GPU (sm_80: 163 KB) too small: the simple kernel
 }
@@ -1564,15 +1543,7 @@ static size_t ring_block_smem(const TqAttnParams* p, int& tk) {
 // Launch with programmatic stream serialization (PDL) on sm_90+, a plain launch before.
 template <typename... Args>
 static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-  static int cc[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int major = 0;
-  if (dev >= 0 && dev < 64 && cc[dev]) major = cc[dev];
-  else {
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (dev >= 0 && dev < 64) cc[dev] = major;
-  }
+  const int major = device_attr<cudaDevAttrComputeCapabilityMajor>(0);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -1590,15 +1561,9 @@ static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem,
 template <int D, bool QJL, bool BIGG, int KB, int VB>
 static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaStream_t stream) {
   auto kern = decode_split_kernel<D, QJL, BIGG, KB, VB>;
-  // Raise the dynamic shared-memory limit once per size seen (a host call per launch costs ORT time).
   static int raised[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64 || (int)smem > raised[dev]) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return (int)e;
-    if (dev >= 0 && dev < 64) raised[dev] = (int)smem;
-  }
+  const cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
+  if (e != cudaSuccess) return (int)e;
   return launch_pdl(kern, dim3(da.nsplit, Hkv, B), dim3(kDecodeWarps * 32), smem, stream, da);
 }
 
@@ -1672,14 +1637,8 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
         dyn = ring_block_smem(p, pa.ring_tk);
         blocks += (int)(p->B * p->Hkv);
         static int raised[64] = {0};
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (dev < 0 || dev >= 64 || (int)dyn > raised[dev]) {
-          cudaError_t e = cudaFuncSetAttribute(decode_pre_kernel<T, E, HAD, RING>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
-          if (e != cudaSuccess) return (int)e;
-          if (dev >= 0 && dev < 64) raised[dev] = (int)dyn;
-        }
+        const cudaError_t e = raise_smem_once((const void*)decode_pre_kernel<T, E, HAD, RING>, (int)dyn, raised);
+        if (e != cudaSuccess) return (int)e;
       }
       decode_pre_kernel<T, E, HAD, RING><<<blocks, 128, dyn, stream>>>(pa);
     }

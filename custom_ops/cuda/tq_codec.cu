@@ -6,34 +6,15 @@
 namespace tq {
 namespace cuda {
 
-int num_sms() {
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (!cached[dev]) {
-    int v = 0;
-    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-    cached[dev] = v > 0 ? v : 80;
-  }
-  return cached[dev];
-}
-
-static int smem_optin_limit() {
-  int dev = 0, v = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return v > 0 ? v : 48 * 1024;
-}
-
 template <typename Tin, int E, bool HAD>
 static int run_encode_t(const Tin* x, int64_t n, int d, const float* rot, const float* cb, int bits, int qjl,
                         const float* S, int m, const RowSink& sink, cudaStream_t stream, const char** msg) {
   bool dense_smem = !HAD && encode_smem_bytes(d, true) <= (size_t)smem_optin_limit();
   size_t smem = encode_smem_bytes(d, dense_smem);
   auto kern = encode_kernel<Tin, E, HAD>;
+  static int raised[64] = {0};
   if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
     if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
   }
   int64_t blocks = (n + kEncWarps - 1) / kEncWarps;

@@ -282,7 +282,32 @@ int launch_encode(const void* x, int x_dtype, int64_t n, int d, const float* rot
                   const char** msg);
 int launch_decode(const uint8_t* rows, int64_t n, int d, const float* rot, int rot_rank, const float* cb, int bits,
                   int Rk, void* out, int out_dtype, cudaStream_t stream, const char** msg);
-int num_sms();
+// An attribute of the current device, queried once per device (`fallback` when the query fails).
+template <cudaDeviceAttr A>
+inline int device_attr(int fallback) {
+  static int cached[64] = {0};  // value + 1; 0: not queried yet
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev]) {
+    int v = 0;
+    cached[dev] = 1 + (cudaDeviceGetAttribute(&v, A, dev) == cudaSuccess && v > 0 ? v : fallback);
+  }
+  return cached[dev] - 1;
+}
+inline int num_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(80); }
+inline int smem_optin_limit() { return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024); }
+
+// Raise a kernel's dynamic shared-memory limit to `smem` once per size seen and device (a host call per
+// launch costs ORT time); `raised` is the caller's record for that kernel.
+inline cudaError_t raise_smem_once(const void* kern, int smem, int (&raised)[64]) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev >= 0 && dev < 64 && smem <= raised[dev]) return cudaSuccess;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess && dev >= 0 && dev < 64) raised[dev] = smem;
+  return e;
+}
 
 }  // namespace cuda
 }  // namespace tq
