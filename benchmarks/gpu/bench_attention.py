@@ -97,6 +97,18 @@ def wall_time(fn, iters=100, warm=10):
     return statistics.median(ts)
 
 
+def report(lines, rows, md_name, json_name=None):
+    """Print the table; with $OUT set, also write it as <md_name>.md and the rows as <json_name>.json."""
+    text = "\n".join(lines)
+    print("\n" + text)
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, md_name + ".md"), "w") as fh:
+            fh.write(text + "\n")
+        with open(os.path.join(out, (json_name or md_name) + ".json"), "w") as fh:
+            json.dump(rows, fh)
+
+
 def random_rows(B, Hkv, P, R):
     rows = torch.randint(0, 256, (B, Hkv, P, R), dtype=torch.uint8, device="cuda")
     sc = (torch.rand(B, Hkv, P, 1, device="cuda") + 0.5).float()
@@ -315,14 +327,7 @@ def recent_window_main(R):
         od = f"{o1 - o0:+.1f}" if o0 and o1 else "n/a"
         lines.append(f"| {r['ctx']} | {o0 or float('nan'):.1f} | {o1 or float('nan'):.1f} | {od} | {k0:.1f} | {k1:.1f} | "
                      f"{k1 - k0:+.1f} |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "recent_window.md"), "w") as fh:
-            fh.write(text + "\n")
-        with open(os.path.join(out, "recent_window.json"), "w") as fh:
-            json.dump(rows, fh)
+    report(lines, rows, "recent_window")
 
 
 def main():
@@ -417,14 +422,7 @@ def main():
     if errs:
         lines.append("")
         lines.append("Errors: " + json.dumps(errs)[:1500])
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "gpu_table.md"), "w") as fh:
-            fh.write(text + "\n")
-        with open(os.path.join(out, "bench.json"), "w") as fh:
-            json.dump(rows, fh)
+    report(lines, rows, "gpu_table", "bench")
 
 
 if __name__ == "__main__":
