@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
 //     each thread's B fragment a key pair of one coordinate: a (code_a | code_b << b) lookup.
 // Values stay in the rotated domain; decode_combine_kernel rotates back once per output vector.
 constexpr int kDecodeWarps = 16;                    // v6: one block of 16 warps per SM (docs/cuda.md)
-constexpr int kTileKeys = kDecodeWarps * 16;        // keys per stage: one 16-key subtile per warp
+constexpr int kTileKeys = kDecodeWarps * 16;        // keys per stage at KS = 1 (one 16-key subtile per warp)
 constexpr int kLutStride = 256;                     // bytes per table entry: 32 key copies, then 32 value copies
 constexpr int kLutV = 128;                          // offset of the value copies inside an entry
 constexpr int kQjlLutBytes = 4 * 32 * 4;            // QJL sign-pair table: 4 entries x 32 copies
@@ -585,8 +585,10 @@ __device__ __forceinline__ void pair_entries(const uint32_t* row, int u, int t, 
 // permuted so that k-step s (u = s/2, h = s%2) holds, for thread t, coordinates c = 32u + 8t + 4h +
 // {0,1 | 2,3}: one 32-bit code word (b = 4) feeds two k-steps. G > 8 (BIGG): a second n8 tile of
 // heads shares the A fragments. KB / VB: compile-time bit widths, 0 = run time.
-template <int D, bool QJL, bool BIGG, int KB, int VB>
+template <int D, bool QJL, bool BIGG, int KB, int VB, int KS>
 __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(DecodeArgs a) {
+  constexpr int TK = kTileKeys * KS;  // keys per stage: KS 16-key subtiles per warp
+  constexpr bool SC2 = !BIGG && D <= 128;
   constexpr int NU = (D + 31) / 32;   // pairs of k-steps of the score mma (32 coordinates each)
   constexpr int NG = (D + 63) / 64;   // groups of 8 value tiles (64 coordinates)
   constexpr int NB = BIGG ? 2 : 1;    // n8 tiles of heads
@@ -623,8 +625,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   const int64_t hrow0 = ((int64_t)b * a.Hkv + g) * a.Pp;
   const uint8_t* gK = a.pk + hrow0 * a.Rk;
   const uint8_t* gV = a.pv + hrow0 * a.Rv;
-  const int ntiles = kend > kbeg ? (kend - kbeg + kTileKeys - 1) / kTileKeys : 0;
-  const int kspan = ((kTileKeys * a.Rk + 16 + 8) + 15) & ~15;
+  const int ntiles = kend > kbeg ? (kend - kbeg + TK - 1) / TK : 0;
+  const int kspan = ((TK * a.Rk + 16 + 8) + 15) & ~15;
   const int NST = a.nstages;
   int ld_stage = 0;  // stage of the next tile to load (tiles go round the stages)
   const uint32_t bar0 = smem_u32(stages) - kMbarBytes;  // one mbarrier per stage (sm_90)
@@ -633,7 +635,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   const uint8_t* limK = a.pk + (int64_t)gridDim.z * a.Hkv * a.Pp * a.Rk;  // ends of the row tensors
   const uint8_t* limV = a.pv + (int64_t)gridDim.z * a.Hkv * a.Pp * a.Rv;
   auto issue = [&](int tile) {  // thread 0 only
-    const int k0 = kbeg + tile * kTileKeys, n = min(kTileKeys, kend - k0);
+    const int k0 = kbeg + tile * TK, n = min(TK, kend - k0);
     uint8_t* sb = stages + ld_stage * a.stage_bytes;
     const uint8_t *g0 = gK + (int64_t)k0 * a.Rk, *g1 = gV + (int64_t)k0 * a.Rv;
     const uint32_t bk = bulk_bytes(g0, n * a.Rk, limK), bv = bulk_bytes(g1, n * a.Rv, limV);
@@ -651,7 +653,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
 #else
   constexpr bool kTma = false;
   auto issue = [&](int tile) {
-    const int k0 = kbeg + tile * kTileKeys, n = min(kTileKeys, kend - k0);
+    const int k0 = kbeg + tile * TK, n = min(TK, kend - k0);
     uint8_t* sb = stages + ld_stage * a.stage_bytes;
     load_span(sb, gK + (int64_t)k0 * a.Rk, n * a.Rk);
     load_span(sb + kspan, gV + (int64_t)k0 * a.Rv, n * a.Rv);
@@ -726,87 +728,102 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     __syncthreads();  // tile `it` landed for every thread; every warp is done with tile it - 1
     if (it + NST - 1 < ntiles && (!kTma || tid == 0)) issue(it + NST - 1);  // into the stage of tile it - 1
     if constexpr (!kTma) cp_commit();
-    const int t0 = kbeg + it * kTileKeys;
-    const int nrows = min(kTileKeys, kend - t0);
+    const int t0 = kbeg + it * TK;
+    const int nrows = min(TK, kend - t0);
     const uint8_t* sbuf = stages + rd_stage * a.stage_bytes;
     rd_stage = rd_stage + 1 == NST ? 0 : rd_stage + 1;
-    const int sub0 = warp * 16;
+    const int sub0 = warp * 16 * KS;
     if (sub0 >= nrows) continue;
     const uint8_t* sK = sbuf + ((uintptr_t)(gK + (int64_t)t0 * a.Rk) & 15);
     const uint8_t* sV = sbuf + kspan + ((uintptr_t)(gV + (int64_t)t0 * a.Rv) & 15);
-    // ---- S [keys r, r+8 x heads 2t, 2t+1 (| +8)].
-    const bool okA = sub0 + r < nrows, okB = sub0 + r + 8 < nrows;
-    const uint32_t* krA = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(sub0 + r, nrows - 1) * a.Rk);
-    const uint32_t* krB = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(sub0 + r + 8, nrows - 1) * a.Rk);
-    float sc[NB][4];
+    // ---- S [keys r, r+8 of subtile s x heads 2t, 2t+1 (| +8)]: per subtile two independent mma
+    // chains (even / odd k-steps), summed at the end (v8: was one chain of 2 NU dependent mmas), where
+    // the registers allow (SC2).
+    bool okA[KS], okB[KS];
+    const uint32_t* krA[KS];
+    const uint32_t* krB[KS];
+    float sc[KS][NB][4], sc2[KS][NB][4];
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.f;
+    for (int s = 0; s < KS; ++s) {
+      const int k0 = sub0 + 16 * s + r;
+      okA[s] = k0 < nrows;
+      okB[s] = k0 + 8 < nrows;
+      krA[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(k0, nrows - 1) * a.Rk);
+      krB[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(k0 + 8, nrows - 1) * a.Rk);
 #pragma unroll
-    for (int uu = 0; uu < NU; ++uu) {
-      uint32_t eA[4], eB[4];
-      pair_entries<KB, D>(krA, uu, t, kb, kmask8, lane4, eA);
-      pair_entries<KB, D>(krB, uu, t, kb, kmask8, lane4, eB);
+      for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t a0 = lut_word<0>(eA[2 * h]), a2 = lut_word<0>(eA[2 * h + 1]);
-        const uint32_t a1 = lut_word<0>(eB[2 * h]), a3 = lut_word<0>(eB[2 * h + 1]);
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
-          mma16816(sc[nb], a0, a1, a2, a3, qb[nb][2 * uu + h][0], qb[nb][2 * uu + h][1]);
-      }
+        for (int k = 0; k < 4; ++k) sc[s][nb][k] = sc2[s][nb][k] = 0.f;
     }
-    const float ksA = __uint_as_float(krA[0]), ksB = __uint_as_float(krB[0]);
-    if (QJL) {
-      float qc[NB][4];
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) qc[nb][0] = qc[nb][1] = qc[nb][2] = qc[nb][3] = 0.f;
+    for (int uu = 0; uu < NU; ++uu)
 #pragma unroll
-      for (int uu = 0; uu < NQU; ++uu) {
-        if (uu < nqu) {
-          const uint32_t fA = (krA[sgw + uu] >> (8 * t)) & 0xFFu, fB = (krB[sgw + uu] >> (8 * t)) & 0xFFu;
+      for (int s = 0; s < KS; ++s) {
+        uint32_t eA[4], eB[4];
+        pair_entries<KB, D>(krA[s], uu, t, kb, kmask8, lane4, eA);
+        pair_entries<KB, D>(krB[s], uu, t, kb, kmask8, lane4, eB);
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint32_t a0 = lutQ[((fA >> (4 * h)) & 3u) * 32 + lane], a2 = lutQ[((fA >> (4 * h + 2)) & 3u) * 32 + lane];
-            const uint32_t a1 = lutQ[((fB >> (4 * h)) & 3u) * 32 + lane], a3 = lutQ[((fB >> (4 * h + 2)) & 3u) * 32 + lane];
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t a0 = lut_word<0>(eA[2 * h]), a2 = lut_word<0>(eA[2 * h + 1]);
+          const uint32_t a1 = lut_word<0>(eB[2 * h]), a3 = lut_word<0>(eB[2 * h + 1]);
 #pragma unroll
-            for (int nb = 0; nb < NB; ++nb) mma16816(qc[nb], a0, a1, a2, a3, sb_[nb][2 * uu + h][0], sb_[nb][2 * uu + h][1]);
-          }
+          for (int nb = 0; nb < NB; ++nb)
+            mma16816(h && SC2 ? sc2[s][nb] : sc[s][nb], a0, a1, a2, a3, qb[nb][2 * uu + h][0], qb[nb][2 * uu + h][1]);
         }
       }
-      const float rnA = __uint_as_float(krA[rnw]), rnB = __uint_as_float(krB[rnw]);
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        sc[nb][0] = sc[nb][0] * ksA + qc[nb][0] * rnA;
-        sc[nb][1] = sc[nb][1] * ksA + qc[nb][1] * rnA;
-        sc[nb][2] = sc[nb][2] * ksB + qc[nb][2] * rnB;
-        sc[nb][3] = sc[nb][3] * ksB + qc[nb][3] * rnB;
-      }
-    } else {
+    for (int s = 0; s < KS; ++s) {
+      const float ksA = __uint_as_float(krA[s][0]), ksB = __uint_as_float(krB[s][0]);
+      float fA[NB][2], fB[NB][2];  // the score's QJL term, or nothing
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        sc[nb][0] *= ksA;
-        sc[nb][1] *= ksA;
-        sc[nb][2] *= ksB;
-        sc[nb][3] *= ksB;
+      for (int nb = 0; nb < NB; ++nb) fA[nb][0] = fA[nb][1] = fB[nb][0] = fB[nb][1] = 0.f;
+      if (QJL) {
+        float qc[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) qc[nb][0] = qc[nb][1] = qc[nb][2] = qc[nb][3] = 0.f;
+#pragma unroll
+        for (int uu = 0; uu < NQU; ++uu) {
+          if (uu < nqu) {
+            const uint32_t gA = (krA[s][sgw + uu] >> (8 * t)) & 0xFFu, gB = (krB[s][sgw + uu] >> (8 * t)) & 0xFFu;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const uint32_t a0 = lutQ[((gA >> (4 * h)) & 3u) * 32 + lane], a2 = lutQ[((gA >> (4 * h + 2)) & 3u) * 32 + lane];
+              const uint32_t a1 = lutQ[((gB >> (4 * h)) & 3u) * 32 + lane], a3 = lutQ[((gB >> (4 * h + 2)) & 3u) * 32 + lane];
+#pragma unroll
+              for (int nb = 0; nb < NB; ++nb) mma16816(qc[nb], a0, a1, a2, a3, sb_[nb][2 * uu + h][0], sb_[nb][2 * uu + h][1]);
+            }
+          }
+        }
+        const float rnA = __uint_as_float(krA[s][rnw]), rnB = __uint_as_float(krB[s][rnw]);
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          fA[nb][0] = qc[nb][0] * rnA;
+          fA[nb][1] = qc[nb][1] * rnA;
+          fB[nb][0] = qc[nb][2] * rnB;
+          fB[nb][1] = qc[nb][3] * rnB;
+        }
       }
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const bool lo = k < 2;
+          float v = (sc[s][nb][k] + sc2[s][nb][k]) * (lo ? ksA : ksB) + (lo ? fA[nb][k] : fB[nb][k - 2]);
+          if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap) * kLog2e;
+          sc[s][nb][k] = (lo ? okA[s] : okB[s]) ? v : -INFINITY;
+        }
     }
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        float s = sc[nb][k];
-        if (a.softcap > 0.f) s = a.softcap * tanhf(s / a.softcap) * kLog2e;
-        sc[nb][k] = (k < 2 ? okA : okB) ? s : -INFINITY;
-      }
-    // ---- online softmax per head column (max over the 16 keys: lanes of equal t); rescale only
-    // when a max moved.
+    // ---- online softmax per head column (max over the warp's 16 KS keys: lanes of equal t); rescale
+    // only when a max moved.
     float mx[NB][2];
     bool moved = false;
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float v = fmaxf(sc[nb][j], sc[nb][j + 2]);
+        float v = fmaxf(sc[0][nb][j], sc[0][nb][j + 2]);
+#pragma unroll
+        for (int s = 1; s < KS; ++s) v = fmaxf(v, fmaxf(sc[s][nb][j], sc[s][nb][j + 2]));
         v = fmaxf(v, __shfl_xor_sync(kFull, v, 4));
         v = fmaxf(v, __shfl_xor_sync(kFull, v, 8));
         v = fmaxf(v, __shfl_xor_sync(kFull, v, 16));
@@ -829,73 +846,81 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
           }
         }
     }
-    // ---- P * vscale (keys r, r+8), transposed into the B fragments of the value mma.
-    const float vsA = okA ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(sub0 + r) * a.Rv)) : 0.f;
-    const float vsB = okB ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(sub0 + r + 8) * a.Rv)) : 0.f;
-    uint32_t bp[NB][2];
+    // ---- P * vscale (keys r, r+8 of each subtile), transposed into the B fragments of the value mma.
+    uint32_t bp[KS][NB][2];
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      const float mu0 = mrun[nb][0] == -INFINITY ? 0.f : mrun[nb][0];
-      const float mu1 = mrun[nb][1] == -INFINITY ? 0.f : mrun[nb][1];
-      const float p0 = exp2f(sc[nb][0] - mu0), p1 = exp2f(sc[nb][1] - mu1);
-      const float p2 = exp2f(sc[nb][2] - mu0), p3 = exp2f(sc[nb][3] - mu1);
-      lrun[nb][0] += p0 + p2;
-      lrun[nb][1] += p1 + p3;
-      bp[nb][0] = movmatrix_t(pack_h2(p0 * vsA, p1 * vsA));  // keys 2t, 2t+1 of head r
-      bp[nb][1] = movmatrix_t(pack_h2(p2 * vsB, p3 * vsB));  // keys 2t+8, 2t+9
+    for (int s = 0; s < KS; ++s) {
+      const int k0 = sub0 + 16 * s + r;
+      const float vsA = okA[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)k0 * a.Rv)) : 0.f;
+      const float vsB = okB[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(k0 + 8) * a.Rv)) : 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const float mu0 = mrun[nb][0] == -INFINITY ? 0.f : mrun[nb][0];
+        const float mu1 = mrun[nb][1] == -INFINITY ? 0.f : mrun[nb][1];
+        const float p0 = exp2f(sc[s][nb][0] - mu0), p1 = exp2f(sc[s][nb][1] - mu1);
+        const float p2 = exp2f(sc[s][nb][2] - mu0), p3 = exp2f(sc[s][nb][3] - mu1);
+        lrun[nb][0] += p0 + p2;
+        lrun[nb][1] += p1 + p3;
+        bp[s][nb][0] = movmatrix_t(pack_h2(p0 * vsA, p1 * vsA));  // keys 2t, 2t+1 of head r
+        bp[s][nb][1] = movmatrix_t(pack_h2(p2 * vsB, p3 * vsB));  // keys 2t+8, 2t+9
+      }
     }
     // ---- O^T += Vc^T * P^T: A fragment = key pairs (2t, 2t+1 | 2t+8, 2t+9) of coordinates in chunk r.
-    const uint32_t* vr[4];
+    const uint32_t* vr[KS][4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int kk = sub0 + 2 * t + (q & 1) + 8 * (q >> 1);
-      vr[q] = reinterpret_cast<const uint32_t*>(sV + (int64_t)min(kk, nrows - 1) * a.Rv);
-    }
-#pragma unroll
-    for (int gg = 0; gg < NG; ++gg) {
-      const int chunkc = 8 * gg + r;
-      const bool vok = 8 * chunkc < D;
-      uint32_t x[4];
+    for (int s = 0; s < KS; ++s)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        if (VB == 4) x[q] = vok ? vr[q][1 + chunkc] : 0u;
-        else x[q] = vok ? get_bits(vr[q] + 1, 8 * vb * chunkc, 8 * vb) : 0u;
+        const int kk = sub0 + 16 * s + 2 * t + (q & 1) + 8 * (q >> 1);
+        vr[s][q] = reinterpret_cast<const uint32_t*>(sV + (int64_t)min(kk, nrows - 1) * a.Rv);
       }
-      uint32_t av[4][4];  // [j][a0..a3]: entry offsets of coordinate tile 4gg + j
-      if (VB == 4) {
-        // byte k of y0 / y1: (code_a | code_b << 4) of coordinate 2k / 2k+1 of the chunk
-        const uint32_t y0 = (x[0] & 0x0F0F0F0Fu) | ((x[1] << 4) & 0xF0F0F0F0u);
-        const uint32_t y1 = ((x[0] >> 4) & 0x0F0F0F0Fu) | (x[1] & 0xF0F0F0F0u);
-        const uint32_t z0 = (x[2] & 0x0F0F0F0Fu) | ((x[3] << 4) & 0xF0F0F0F0u);
-        const uint32_t z1 = ((x[2] >> 4) & 0x0F0F0F0Fu) | (x[3] & 0xF0F0F0F0u);
+#pragma unroll
+    for (int gg = 0; gg < NG; ++gg)
+#pragma unroll
+      for (int s = 0; s < KS; ++s) {
+        const int chunkc = 8 * gg + r;
+        const bool vok = 8 * chunkc < D;
+        uint32_t x[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          if (VB == 4) x[q] = vok ? vr[s][q][1 + chunkc] : 0u;
+          else x[q] = vok ? get_bits(vr[s][q] + 1, 8 * vb * chunkc, 8 * vb) : 0u;
+        }
+        uint32_t av[4][4];  // [j][a0..a3]: entry offsets of coordinate tile 4gg + j
+        if (VB == 4) {
+          // byte k of y0 / y1: (code_a | code_b << 4) of coordinate 2k / 2k+1 of the chunk
+          const uint32_t y0 = (x[0] & 0x0F0F0F0Fu) | ((x[1] << 4) & 0xF0F0F0F0u);
+          const uint32_t y1 = ((x[0] >> 4) & 0x0F0F0F0Fu) | (x[1] & 0xF0F0F0F0u);
+          const uint32_t z0 = (x[2] & 0x0F0F0F0Fu) | ((x[3] << 4) & 0xF0F0F0F0u);
+          const uint32_t z1 = ((x[2] >> 4) & 0x0F0F0F0Fu) | (x[3] & 0xF0F0F0F0u);
 #define TQ_VENT(J)                                                                                 \
   av[J][0] = byte_entry<J>(y0, lane4), av[J][1] = byte_entry<J>(y1, lane4), av[J][2] = byte_entry<J>(z0, lane4), \
   av[J][3] = byte_entry<J>(z1, lane4);
-        TQ_VENT(0)
-        TQ_VENT(1)
-        TQ_VENT(2)
-        TQ_VENT(3)
+          TQ_VENT(0)
+          TQ_VENT(1)
+          TQ_VENT(2)
+          TQ_VENT(3)
 #undef TQ_VENT
-      } else {
-        auto ent = [&](uint32_t xa, uint32_t xb, int c) -> uint32_t {
-          return ((((xa >> (vb * c)) & vmask) | (((xb >> (vb * c)) & vmask) << vb)) << 8) | lane4;
-        };
+        } else {
+          auto ent = [&](uint32_t xa, uint32_t xb, int c) -> uint32_t {
+            return ((((xa >> (vb * c)) & vmask) | (((xb >> (vb * c)) & vmask) << vb)) << 8) | lane4;
+          };
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            av[j][0] = ent(x[0], x[1], 2 * j);
+            av[j][1] = ent(x[0], x[1], 2 * j + 1);
+            av[j][2] = ent(x[2], x[3], 2 * j);
+            av[j][3] = ent(x[2], x[3], 2 * j + 1);
+          }
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          av[j][0] = ent(x[0], x[1], 2 * j);
-          av[j][1] = ent(x[0], x[1], 2 * j + 1);
-          av[j][2] = ent(x[2], x[3], 2 * j);
-          av[j][3] = ent(x[2], x[3], 2 * j + 1);
+          const uint32_t a0 = lut_word<kLutV>(av[j][0]), a1 = lut_word<kLutV>(av[j][1]);
+          const uint32_t a2 = lut_word<kLutV>(av[j][2]), a3 = lut_word<kLutV>(av[j][3]);
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb) mma16816(oacc[4 * gg + j][nb], a0, a1, a2, a3, bp[s][nb][0], bp[s][nb][1]);
         }
       }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t a0 = lut_word<kLutV>(av[j][0]), a1 = lut_word<kLutV>(av[j][1]);
-        const uint32_t a2 = lut_word<kLutV>(av[j][2]), a3 = lut_word<kLutV>(av[j][3]);
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb) mma16816(oacc[4 * gg + j][nb], a0, a1, a2, a3, bp[nb][0], bp[nb][1]);
-      }
-    }
   }
   if constexpr (kTma) {
     __syncthreads();  // every wait is done: the mbarriers' memory joins the merge space
@@ -1451,11 +1476,11 @@ struct DecodeLayout {
   size_t smem = 0;
 };
 
-static bool decode_layout(const TqAttnParams* p, DecodeLayout& L) {
+static bool decode_layout(const TqAttnParams* p, DecodeLayout& L, int ks) {
   const int d = (int)p->d, kb = (int)p->key_bits, vb = (int)p->value_bits;
   const int Rk = row_bytes(d, kb, (int)p->use_qjl, (int)p->m), Rv = row_bytes(d, vb, 0, 0);
-  const int kspan = ((kTileKeys * Rk + 16 + 8) + 15) & ~15;
-  const int vspan = ((kTileKeys * Rv + 16 + 8) + 15) & ~15;
+  const int kspan = ((ks * kTileKeys * Rk + 16 + 8) + 15) & ~15;
+  const int vspan = ((ks * kTileKeys * Rv + 16 + 8) + 15) & ~15;
   L.stage_bytes = kspan + vspan;
   L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
   const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
@@ -1487,7 +1512,19 @@ static bool fast_path_ok(const TqAttnParams* p) {
   // memory starts right after the reserved part (1 KB on sm_80 .. sm_90; the kernel checks it too).
   if (device_attr<cudaDevAttrReservedSharedMemoryPerBlock>(0) != (int)kSmemBase) return false;
   DecodeLayout L;
-  return decode_layout(p, L);  // shared memory of this GPU (sm_80: 163 KB) too small: the simple kernel
+  return decode_layout(p, L, 1);  // shared memory of this GPU (sm_80: 163 KB) too small: the simple kernel
+}
+
+// Subtiles per warp and stage (v8): two for the compile-time d = 128 caches with G <= 8 (two independent
+// score chains per warp, half the per-stage overhead per key) where two stages of 512 keys fit in
+// shared memory (sm_90; not sm_80's 163 KB with the 64 KB table of 4-bit codes), else one.
+static int decode_ks(const TqAttnParams* p) {
+  static const int forced = env_int("TQ_CUDA_KS");  // tuning knob: TQ_CUDA_KS=1
+  if (forced == 1 || p->d != 128 || p->use_qjl || p->Hq / p->Hkv > 8) return 1;
+  const int kb = (int)p->key_bits, vb = (int)p->value_bits;
+  if (!(kb == 4 && (vb == 4 || vb == 3)) && !(kb == 3 && vb == 3)) return 1;
+  DecodeLayout L;
+  return decode_layout(p, L, 2) ? 2 : 1;
 }
 
 // One resident block per SM (v6): as many splits per (batch, kv head) as fill the SMs once, never a
@@ -1558,9 +1595,9 @@ static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem,
   return (int)cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
-template <int D, bool QJL, bool BIGG, int KB, int VB>
+template <int D, bool QJL, bool BIGG, int KB, int VB, int KS = 1>
 static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaStream_t stream) {
-  auto kern = decode_split_kernel<D, QJL, BIGG, KB, VB>;
+  auto kern = decode_split_kernel<D, QJL, BIGG, KB, VB, KS>;
   static int raised[64] = {0};
   const cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
   if (e != cudaSuccess) return (int)e;
@@ -1568,9 +1605,14 @@ static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaS
 }
 
 template <int D, bool BIGG>
-static int launch_split_bits(const DecodeArgs& da, bool qjl, int B, int Hkv, size_t smem, cudaStream_t s) {
+static int launch_split_bits(const DecodeArgs& da, bool qjl, int ks, int B, int Hkv, size_t smem, cudaStream_t s) {
   // Compile-time bit widths for the common caches (K4V4, the balanced preset's K4V3, K3V3); QJL and
-  // the rest take run-time widths.
+  // the rest take run-time widths. Two subtiles per warp (ks = 2): d = 128, G <= 8 (decode_ks).
+  if constexpr (D == 128 && !BIGG) {
+    if (ks == 2 && da.kbits == 4 && da.vbits == 4) return launch_split<D, false, BIGG, 4, 4, 2>(da, B, Hkv, smem, s);
+    if (ks == 2 && da.kbits == 4 && da.vbits == 3) return launch_split<D, false, BIGG, 4, 3, 2>(da, B, Hkv, smem, s);
+    if (ks == 2 && da.kbits == 3 && da.vbits == 3) return launch_split<D, false, BIGG, 3, 3, 2>(da, B, Hkv, smem, s);
+  }
   if (qjl) return launch_split<D, true, BIGG, 0, 0>(da, B, Hkv, smem, s);
   if (da.kbits == 4 && da.vbits == 4) return launch_split<D, false, BIGG, 4, 4>(da, B, Hkv, smem, s);
   if (da.kbits == 4 && da.vbits == 3) return launch_split<D, false, BIGG, 4, 3>(da, B, Hkv, smem, s);
@@ -1579,8 +1621,9 @@ static int launch_split_bits(const DecodeArgs& da, bool qjl, int B, int Hkv, siz
 }
 
 template <int D>
-static int launch_split_d(const DecodeArgs& da, bool qjl, bool bigg, int B, int Hkv, size_t smem, cudaStream_t s) {
-  return bigg ? launch_split_bits<D, true>(da, qjl, B, Hkv, smem, s) : launch_split_bits<D, false>(da, qjl, B, Hkv, smem, s);
+static int launch_split_d(const DecodeArgs& da, bool qjl, bool bigg, int ks, int B, int Hkv, size_t smem, cudaStream_t s) {
+  return bigg ? launch_split_bits<D, true>(da, qjl, ks, B, Hkv, smem, s)
+              : launch_split_bits<D, false>(da, qjl, ks, B, Hkv, smem, s);
 }
 
 template <typename T, int E, bool HAD, bool RING>
@@ -1667,19 +1710,20 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.nsplit = ns;
     da.softcap = aa.softcap;
     da.R = RING ? aa.R : 0;
+    const int ks = decode_ks(p);
     DecodeLayout lay;
-    decode_layout(p, lay);  // fits: fast_path_ok
+    decode_layout(p, lay, ks);  // fits: fast_path_ok (ks = 1) or decode_ks
     da.stage_bytes = lay.stage_bytes;
     da.nstages = lay.nstages;
     da.lut_bytes = lay.lut_bytes;
     const size_t smem = lay.smem;
     bool qjl = p->use_qjl != 0, bigg = da.G > 8;
     switch (aa.d) {
-      case 64: rc = launch_split_d<64>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
-      case 80: rc = launch_split_d<80>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
-      case 96: rc = launch_split_d<96>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
-      case 128: rc = launch_split_d<128>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
-      case 256: rc = launch_split_d<256>(da, qjl, bigg, aa.B, aa.Hkv, smem, stream); break;
+      case 64: rc = launch_split_d<64>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
+      case 80: rc = launch_split_d<80>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
+      case 96: rc = launch_split_d<96>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
+      case 128: rc = launch_split_d<128>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
+      case 256: rc = launch_split_d<256>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
       default: return -1;
     }
     if (rc) return rc;
