@@ -551,6 +551,17 @@ __device__ __forceinline__ void load_b_frags(const __half* m, int ncols, int G, 
     }
 }
 
+// Row (of the warp's 16 KS keys) behind key slot k of subtile s. KS = 2: a bit permutation under which
+// both the score loads (lane (r, t): slots r and r + 8, word 4u + t) and the value loads (lane (r, t):
+// slots 2t + {0, 1} (+ 8), word 8gg + r) hit 32 distinct banks with 68-byte rows (row stride 17 words);
+// the natural order had 2-way (keys) and 4-way (values) conflicts, 26% of the shared-memory wavefronts
+// (ncu, v8). Any bijection is correct: scores, P and values all use the same slot -> row map.
+template <int KS>
+__device__ __forceinline__ int slot_row(int s, int k) {
+  if (KS == 2) return ((k & 1) << 2) | (((k >> 1) & 3) << 3) | ((k >> 3) & 1) | (s << 1);
+  return 16 * s + k;
+}
+
 // Entry offsets of the 4 coordinate pairs of a thread's 8 coordinates 32u + 8t .. +7 of one row
 // (codes start at word 1 of the row; kmask8 = (2^(2b) - 1) << 8).
 template <int KB, int D>
@@ -745,11 +756,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     float sc[KS][NB][4], sc2[KS][NB][4];
 #pragma unroll
     for (int s = 0; s < KS; ++s) {
-      const int k0 = sub0 + 16 * s + r;
-      okA[s] = k0 < nrows;
-      okB[s] = k0 + 8 < nrows;
-      krA[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(k0, nrows - 1) * a.Rk);
-      krB[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(k0 + 8, nrows - 1) * a.Rk);
+      const int kA = sub0 + slot_row<KS>(s, r), kB = sub0 + slot_row<KS>(s, r + 8);
+      okA[s] = kA < nrows;
+      okB[s] = kB < nrows;
+      krA[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(kA, nrows - 1) * a.Rk);
+      krB[s] = reinterpret_cast<const uint32_t*>(sK + (int64_t)min(kB, nrows - 1) * a.Rk);
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -850,9 +861,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     uint32_t bp[KS][NB][2];
 #pragma unroll
     for (int s = 0; s < KS; ++s) {
-      const int k0 = sub0 + 16 * s + r;
-      const float vsA = okA[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)k0 * a.Rv)) : 0.f;
-      const float vsB = okB[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)(k0 + 8) * a.Rv)) : 0.f;
+      const int kA = sub0 + slot_row<KS>(s, r), kB = sub0 + slot_row<KS>(s, r + 8);
+      const float vsA = okA[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)kA * a.Rv)) : 0.f;
+      const float vsB = okB[s] ? __uint_as_float(*reinterpret_cast<const uint32_t*>(sV + (int64_t)kB * a.Rv)) : 0.f;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
         const float mu0 = mrun[nb][0] == -INFINITY ? 0.f : mrun[nb][0];
@@ -871,7 +882,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     for (int s = 0; s < KS; ++s)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const int kk = sub0 + 16 * s + 2 * t + (q & 1) + 8 * (q >> 1);
+        const int kk = sub0 + slot_row<KS>(s, 2 * t + (q & 1) + 8 * (q >> 1));
         vr[s][q] = reinterpret_cast<const uint32_t*>(sV + (int64_t)min(kk, nrows - 1) * a.Rv);
       }
 #pragma unroll
