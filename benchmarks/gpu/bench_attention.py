@@ -234,13 +234,19 @@ def _tq_model(B, cap, kb, vb, R=0):
 
 
 class OrtCase:
-    def __init__(self, model_bytes, B, ctx, cap, kv_shape, kv_torch_dtype, lib=None, R=0):
+    """One op in an InferenceSession on the CUDA EP with IOBinding and a shared buffer; graph=True turns on
+    the EP's CUDA graph (`enable_cuda_graph`: the first runs capture, later runs replay; the bound
+    addresses and the CPU input total_sequence_length are then fixed, as in a decode loop that updates
+    its buffers in place)."""
+
+    def __init__(self, model_bytes, B, ctx, cap, kv_shape, kv_torch_dtype, lib=None, R=0, graph=False):
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if lib:
             so.register_custom_ops_library(lib)
-        self.sess = ort.InferenceSession(model_bytes, so, providers=["CUDAExecutionProvider"])
+        prov = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if graph else "CUDAExecutionProvider"
+        self.sess = ort.InferenceSession(model_bytes, so, providers=[prov])
         self.t = dict(
             query=torch.randn(B, 1, HQ * D, device="cuda", dtype=torch.float16),
             key=torch.randn(B, 1, HKV * D, device="cuda", dtype=torch.float16),
@@ -365,25 +371,27 @@ def main():
         del fn
         if have_ort:
             cap = ctx + 16
-            for name, quant in (("gqa_fp16", False), ("gqa_int8", True)):
-                try:
-                    c = OrtCase(_gqa_model(B, cap, quant), B, ctx, cap, (B, HKV, cap, D),
-                                torch.int8 if quant else torch.float16)
-                    r[f"{name}_us"] = wall_time(c)
-                    del c
-                except Exception as e:  # noqa: BLE001
-                    r[f"{name}_us"] = None
-                    r[f"{name}_err"] = repr(e)[:200]
-            if tq_lib:
-                for kb in (4, 3):
+            for graph, sfx in ((False, "us"), (True, "graph_us")):  # plain session, then with the EP's CUDA graph
+                for name, quant in (("gqa_fp16", False), ("gqa_int8", True)):
                     try:
-                        c = OrtCase(_tq_model(B, cap, kb, kb), B, ctx, cap, (B, HKV, cap, codec.row_bytes(D, kb)),
-                                    torch.uint8, lib=tq_lib)
-                        r[f"tq{kb}_ort_us"] = wall_time(c)
+                        c = OrtCase(_gqa_model(B, cap, quant), B, ctx, cap, (B, HKV, cap, D),
+                                    torch.int8 if quant else torch.float16, graph=graph)
+                        r[f"{name}_{sfx}"] = wall_time(c)
                         del c
                     except Exception as e:  # noqa: BLE001
-                        r[f"tq{kb}_ort_us"] = None
-                        r[f"tq{kb}_ort_err"] = repr(e)[:300]
+                        r[f"{name}_{sfx}"] = None
+                        r[f"{name}_{sfx}_err"] = repr(e)[:200]
+                if tq_lib:
+                    for kb in ((4, 3) if not graph else (4,)):
+                        key = f"tq{kb}_ort_{sfx}"
+                        try:
+                            c = OrtCase(_tq_model(B, cap, kb, kb), B, ctx, cap, (B, HKV, cap, codec.row_bytes(D, kb)),
+                                        torch.uint8, lib=tq_lib, graph=graph)
+                            r[key] = wall_time(c)
+                            del c
+                        except Exception as e:  # noqa: BLE001
+                            r[key] = None
+                            r[key.replace("_us", "") + "_err"] = repr(e)[:300]
         torch.cuda.empty_cache()
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -409,12 +417,14 @@ def main():
     lines = [f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, CUDA {torch.version.cuda}, "
              f"onnxruntime {ort_ver}; copy bandwidth {copy_bw:.2f} TB/s (read+write)", "",
              "| B | ctx | TQ4 kernel us | TQ4 TB/s | TQ4 ORT us | TQ3 kernel us | TQ3 TB/s | TQ3 ORT us | "
-             "ORT GQA fp16 us | ORT GQA int8 us | SDPA us | SDPA TB/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ORT GQA fp16 us | ORT GQA int8 us | SDPA us | SDPA TB/s | TQ4 ORT+graph us | GQA fp16 ORT+graph us | "
+             "GQA int8 ORT+graph us |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['B']} | {r['ctx']} | {f(r['tq4_kernel_us'])} | {r['tq4_TBps']:.2f} | {f(r.get('tq4_ort_us'))} | "
                      f"{f(r['tq3_kernel_us'])} | {r['tq3_TBps']:.2f} | {f(r.get('tq3_ort_us'))} | "
-                     f"{f(r.get('gqa_fp16_us'))} | {f(r.get('gqa_int8_us'))} | {f(r['sdpa_us'])} | {r['sdpa_TBps']:.2f} |")
+                     f"{f(r.get('gqa_fp16_us'))} | {f(r.get('gqa_int8_us'))} | {f(r['sdpa_us'])} | {r['sdpa_TBps']:.2f} | "
+                     f"{f(r.get('tq4_ort_graph_us'))} | {f(r.get('gqa_fp16_graph_us'))} | {f(r.get('gqa_int8_graph_us'))} |")
     lines.append("")
     for bits, (te, bw) in enc.items():
         lines.append(f"Encode 1M vectors d=128 fp16 -> {bits}-bit rows: {te:.1f} us ({bw:.2f} TB/s on bytes read+written)")

@@ -379,6 +379,120 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
   }
 }
 
+// Element i of a tensor of run-time dtype dt (DType), as float / from float (rounded to nearest).
+__device__ __forceinline__ float load_dt(const void* p, int64_t i, int dt) {
+  if (dt == kF16) return __half2float(reinterpret_cast<const __half*>(p)[i]);
+  if (dt == kBF16) return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
+  return reinterpret_cast<const float*>(p)[i];
+}
+__device__ __forceinline__ void store_dt(void* p, int64_t i, float v, int dt) {
+  if (dt == kF16) reinterpret_cast<__half*>(p)[i] = __float2half_rn(v);
+  else if (dt == kBF16) reinterpret_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  else reinterpret_cast<float*>(p)[i] = v;
+}
+
+// Query head w = b * Hq + h (one warp): merge the splits' partials, rotate back, add the new token
+// exactly, normalize, write the output (and the new token's ring slot). Run by the last block of each
+// (b, kv head) of decode_split_kernel (v9; was decode_combine_kernel, a kernel of its own). The
+// partials were written by other blocks of the grid: read through L2 (__ldcg), after the ticket's fence.
+// buf: 256 floats, wts: nsplit <= 512 floats (choose_nsplit), this warp's shared memory. The split
+// kernel's template covers the cache format only: the output dtype (dt) and the rotation's kind (had)
+// are run-time values here.
+template <int E>
+__device__ __forceinline__ void combine_head(const AttnArgs& a, const float* part_o, const float* part_ml, int nsplit,
+                                             int w, int lane, float* buf, float* wts, int dt, bool had) {
+  constexpr int kP = 64 / E < 16 ? 64 / E : 16;  // splits whose partial vectors load before their weights are known
+  const bool RING = a.R > 0;
+  const int d = a.d;
+  const int b = w / a.Hq, h = w - b * a.Hq, g = h / (a.Hq / a.Hkv);
+  const int64_t ob = (int64_t)w * d;
+  int L, past, nvalid;
+  if (!batch_geometry(a.seqlens, b, 1, a.Pp, L, past, nvalid)) {
+    for (int c = lane; c < d; c += 32) store_dt(a.out, ob + c, __int_as_float(0x7fc00000), dt);
+    return;
+  }
+  // Everything the merge reads, in flight at once (v9b: was four dependent rounds): the new token's
+  // query, key and value, the ring partial, the first kP splits' partial vectors and the splits' (m, l).
+  const float* q = a.qf + (int64_t)w * d;
+  const float* kn = a.kf + ((int64_t)b * a.Hkv + g) * d;
+  const int64_t vb = ((int64_t)b * a.Hkv + g) * d;  // the new value in a.value
+  const float* po = part_o + (int64_t)w * nsplit * d;
+  float qv[E], kv[E], vv[E], rv[E], pre[kP][E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int c = e * 32 + lane;
+    const bool in = c < d;
+    qv[e] = in ? q[c] : 0.f;
+    kv[e] = in ? kn[c] : 0.f;
+    vv[e] = in ? load_dt(a.value, vb + c, dt) : 0.f;
+    rv[e] = in && RING ? a.ring_o[ob + c] : 0.f;
+#pragma unroll
+    for (int s = 0; s < kP; ++s) pre[s][e] = in && s < nsplit ? __ldcg(po + (int64_t)s * d + c) : 0.f;
+  }
+  float2 ml0 = make_float2(-INFINITY, 0.f);
+  if (lane < nsplit) ml0 = __ldcg(reinterpret_cast<const float2*>(part_ml) + (int64_t)w * nsplit + lane);
+  const float2 mlr = RING ? *reinterpret_cast<const float2*>(a.ring_ml + (int64_t)w * 2) : make_float2(-INFINITY, 0.f);
+  float M = ml0.x;
+  for (int s = lane + 32; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + ((int64_t)w * nsplit + s) * 2));
+  M = fmaxf(warp_max(M), mlr.x);
+  // Split weights exp2(m_s - M), lane-parallel into shared memory.
+  float l = 0.f;
+  for (int s = lane; s < nsplit; s += 32) {
+    const float2 ms = s < 32 ? ml0 : __ldcg(reinterpret_cast<const float2*>(part_ml) + (int64_t)w * nsplit + s);
+    const float f = (M == -INFINITY || ms.x == -INFINITY) ? 0.f : exp2f(ms.x - M);
+    wts[s] = f;
+    l += f * ms.y;
+  }
+  l = warp_sum(l);
+  const float fr = (M == -INFINITY || mlr.x == -INFINITY) ? 0.f : exp2f(mlr.x - M);
+  l += fr * mlr.y;
+  __syncwarp();
+  float o[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    o[e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < kP; ++s) o[e] += (s < nsplit ? wts[s] : 0.f) * pre[s][e];
+  }
+#pragma unroll 4
+  for (int s = kP; s < nsplit; ++s) {
+    const float f = wts[s];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int c = e * 32 + lane;
+      if (c < d) o[e] += f * __ldcg(po + (int64_t)s * d + c);
+    }
+  }
+  float x[E];
+  if (had) rotate_inv<E, true>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
+  else rotate_inv<E, false>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
+  // New token (position past), exact.
+  float dot = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) dot += qv[e] * kv[e];
+  const float sn = softcap_f(warp_sum(dot) * a.scale, a.softcap) * kLog2e;
+  const float Mf = fmaxf(M, sn);
+  const float fo = exp2f(M - Mf), fn = exp2f(sn - Mf);
+  const float il = 1.f / (l * fo + fn);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int c = e * 32 + lane;
+    if (c < d) store_dt(a.out, ob + c, ((x[e] + fr * rv[e]) * fo + vv[e] * fn) * il, dt);
+  }
+  // Ring slot of the new token (S = 1: p = past is valid and among the last R), once per kv head,
+  // after the pre-pass read the ring (stream order).
+  if (RING && h == g * (a.Hq / a.Hkv)) {
+    const int64_t off = (((int64_t)b * a.Hkv + g) * a.R + past % a.R) * d;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int c = e * 32 + lane;
+      if (c >= d) continue;
+      if (a.pkr) store_dt(a.pkr, off + c, kv[e], dt);
+      if (a.pvr) store_dt(a.pvr, off + c, vv[e], dt);  // exact: T -> float -> T
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3a. Split-K decode (S == 1) on tensor cores.
 //
@@ -397,6 +511,7 @@ constexpr int kLutStride = 256;                     // bytes per table entry: 32
 constexpr int kLutV = 128;                          // offset of the value copies inside an entry
 constexpr int kQjlLutBytes = 4 * 32 * 4;            // QJL sign-pair table: 4 entries x 32 copies
 constexpr int kMbarBytes = 32;                      // the stages' mbarriers (sm_90), before the stages
+constexpr int kFinishFloats = 256 + 512;            // shared floats per warp of the combine (after a 128-byte flag)
 
 struct DecodeArgs {
   const uint8_t* pk;
@@ -408,6 +523,10 @@ struct DecodeArgs {
   const float* vcb;
   float* part_o;      // [B*Hq, nsplit, D]
   float* part_ml;     // [B*Hq, nsplit, 2]
+  int* tickets;       // [B*Hkv] blocks done per (b, kv head); zeroed by the pre-pass
+  AttnArgs fin;       // the combine's arguments (output, new token, rings)
+  int dtype, had;     // output dtype (DType), rotation is a randomized Hadamard
+  int fuse;           // the last block per (b, kv head) merges the splits (else decode_combine_kernel)
   int Hq, Hkv, G, Pp, Rk, Rv, kbits, vbits, m, window, nsplit, stage_bytes;
   int nstages;        // cp.async pipeline depth (2 or 3, what fits in shared memory)
   int lut_bytes;      // table bytes: kLutStride * max(2^(2 kbits), 2^(2 vbits))
@@ -582,6 +701,19 @@ __device__ __forceinline__ void pair_entries(const uint32_t* row, int u, int t, 
   }
 }
 
+// combine_head as a kernel of its own: one warp per (b, query head), launched by PDL while the split
+// kernel runs (the split kernel's tail does the same work when fused, decode_fuse).
+template <int E>
+__global__ void __launch_bounds__(128) decode_combine_kernel(AttnArgs a, const float* __restrict__ part_o,
+                                                             const float* __restrict__ part_ml, int nsplit, int dt, int had) {
+  __shared__ float bufs[4][256];
+  __shared__ float wbufs[4][512];  // nsplit <= 512 (choose_nsplit)
+  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int w = blockIdx.x * 4 + warp;
+  if (w < a.B * a.Hq) combine_head<E>(a, part_o, part_ml, nsplit, w, lane, bufs[warp], wbufs[warp], dt, had != 0);
+}
+
 // v6 (docs/cuda.md). Per block: one (batch, kv head), all G <= 16 query heads of the group, a range of
 // cached keys, 16 warps (one block per SM), a 2- or 3-stage cp.async pipeline of 256 keys per stage.
 // Per warp and 16-key subtile:
@@ -614,13 +746,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   const int r = lane >> 2, t = lane & 3;
   const uint32_t lane4 = 4u * lane;
   const int64_t prow0 = ((int64_t)b * a.Hq + (int64_t)g * a.G);
-  if (smem_u32(smem) != kSmemBase) {  // not the layout lut_word assumes: NaN, never silent garbage
-    for (int i = tid; i < a.G * D; i += blockDim.x)
-      a.part_o[((prow0 + i / D) * a.nsplit + split) * D + i % D] = __int_as_float(0x7fc00000);
-    for (int h = tid; h < a.G; h += blockDim.x)
-      *reinterpret_cast<float2*>(a.part_ml + ((prow0 + h) * a.nsplit + split) * 2) = make_float2(0.f, __int_as_float(0x7fc00000));
-    return;
-  }
+  // Not the layout lut_word assumes: no table lookups, NaN partials (NaN outputs), never silent garbage.
+  const bool bad = smem_u32(smem) != kSmemBase;
 
   const int L = a.seqlens[b] + 1;
   const bool ok = L >= 1 && L <= a.Pp;
@@ -636,7 +763,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   const int64_t hrow0 = ((int64_t)b * a.Hkv + g) * a.Pp;
   const uint8_t* gK = a.pk + hrow0 * a.Rk;
   const uint8_t* gV = a.pv + hrow0 * a.Rv;
-  const int ntiles = kend > kbeg ? (kend - kbeg + TK - 1) / TK : 0;
+  const int ntiles = kend > kbeg && !bad ? (kend - kbeg + TK - 1) / TK : 0;
   const int kspan = ((TK * a.Rk + 16 + 8) + 15) & ~15;
   const int NST = a.nstages;
   int ld_stage = 0;  // stage of the next tile to load (tiles go round the stages)
@@ -695,10 +822,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   }
 
   __syncthreads();  // tables built, mbarriers initialized
-  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query is the
-  // pre-pass's output. The combine may launch once every block is past this point.
+  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query (and the
+  // zeroed tickets, the new token's float copies, the ring partial) are the pre-pass's outputs.
   pdl_wait();
-  pdl_trigger();
+  if (!a.fuse) pdl_trigger();  // the combine kernel may launch (it waits for this grid)
   // B fragments of the rotated query (and of its QJL sketch, m columns: m % 32 == 0, m <= 256).
   uint32_t qb[NB][2 * NU][2];
   load_b_frags(a.qh + prow0 * D, D, a.G, r, t, qb);
@@ -992,21 +1119,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
         }
     }
   }
-  if (warp != 0) return;
+  if (warp == 0) {
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb)
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int h = 8 * nb + 2 * t + j;
-      if (h >= a.G) continue;
-      float* po = a.part_o + ((prow0 + h) * a.nsplit + split) * D;
+      for (int j = 0; j < 2; ++j) {
+        const int h = 8 * nb + 2 * t + j;
+        if (h >= a.G) continue;
+        float* po = a.part_o + ((prow0 + h) * a.nsplit + split) * D;
 #pragma unroll
-      for (int mt = 0; mt < NMT; ++mt) {
-        const int cA = 64 * (mt >> 2) + 8 * r + 2 * (mt & 3);
-        if (cA < D) *reinterpret_cast<float2*>(po + cA) = make_float2(oacc[mt][nb][j], oacc[mt][nb][j + 2]);
+        for (int mt = 0; mt < NMT; ++mt) {
+          const int cA = 64 * (mt >> 2) + 8 * r + 2 * (mt & 3);
+          if (cA < D) *reinterpret_cast<float2*>(po + cA) = make_float2(oacc[mt][nb][j], oacc[mt][nb][j + 2]);
+        }
+        if (r == 0)
+          *reinterpret_cast<float2*>(a.part_ml + ((prow0 + h) * a.nsplit + split) * 2) =
+              bad ? make_float2(0.f, __int_as_float(0x7fc00000)) : make_float2(mrun[nb][j], lrun[nb][j]);
       }
-      if (r == 0) *reinterpret_cast<float2*>(a.part_ml + ((prow0 + h) * a.nsplit + split) * 2) = make_float2(mrun[nb][j], lrun[nb][j]);
+  }
+  // v9: the last block of each (b, kv head) to finish merges the splits and writes the output (fuse),
+  // or decode_combine_kernel does (launched early by PDL; decode_fuse says which).
+  if (!a.fuse) return;
+  __syncthreads();  // warp 0's partial writes precede thread 0's release fence (CTA barrier, cumulative)
+  int* last = reinterpret_cast<int*>(smem);
+  if (a.nsplit > 1) {  // one split: this block is the only one (its partial is visible after the barrier)
+    if (tid == 0) {
+      asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // release: this block's partial before its ticket
+      const int ticket = atomicAdd(a.tickets + (int64_t)b * a.Hkv + g, 1);
+      asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // acquire: the other blocks' partials
+      *last = ticket == a.nsplit - 1;
     }
+    __syncthreads();
+    if (!*last) return;
+  }
+  if (warp < a.G) {
+    float* buf = reinterpret_cast<float*>(smem) + 32 + warp * kFinishFloats;
+    combine_head<(D + 31) / 32>(a.fin, a.part_o, a.part_ml, a.nsplit, (int)prow0 + warp, lane, buf, buf + 256, a.dtype,
+                                (D & (D - 1)) == 0 && a.had != 0);  // FWHT only where d is a power of two
+  }
 }
 
 // Decode step (S == 1) pre-pass in one launch (v5; was prep_qk + two encodes + decode_prep):
@@ -1030,6 +1180,7 @@ struct PreArgs {
   __half* sqh;
   uint8_t* pk;
   uint8_t* pv;
+  int* tickets;  // [B*Hkv] zeroed here for the split kernel's last-block merge
   int B, Hq, Hkv, d, Pp, Rk, Rv, kbits, vbits, use_qjl, m, rotary, max_pos;
   float qscale, inv_sqrt_d;
   // recent window (RING): B*Hkv more blocks, the exact partials of the ring segment
@@ -1271,6 +1422,8 @@ __device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint
 template <typename T, int E, bool HAD, bool RING>
 __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   pdl_trigger();  // the split kernel's prologue reads no output of this kernel (it waits before the query)
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < a.B * a.Hkv; i += blockDim.x) a.tickets[i] = 0;
   __shared__ float cbK[256], bndK[256], cbV[256], bndV[256];
   __shared__ float bufs[4][256];
   __shared__ uint32_t cws[4][64];
@@ -1359,102 +1512,6 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   }
 }
 
-// Per (b, h) warp: merge the splits, rotate back, add the new token exactly, normalize.
-template <typename T, int E, bool HAD, bool RING>
-__global__ void decode_combine_kernel(AttnArgs a, const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                      int nsplit) {
-  __shared__ float bufs[4][256];
-  __shared__ float wbufs[4][512];  // nsplit <= 512 (choose_nsplit)
-  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int w = blockIdx.x * 4 + warp;
-  if (w >= a.B * a.Hq) return;
-  const int d = a.d;
-  const int b = w / a.Hq, h = w - b * a.Hq, g = h / (a.Hq / a.Hkv);
-  T* out = reinterpret_cast<T*>(a.out) + (int64_t)w * d;
-  int L, past, nvalid;
-  if (!batch_geometry(a.seqlens, b, 1, a.Pp, L, past, nvalid)) {
-    for (int c = lane; c < d; c += 32) out[c] = from_f<T>(__int_as_float(0x7fc00000));
-    return;
-  }
-  float* buf = bufs[warp];
-  float* wts = wbufs[warp];
-  // Split weights exp2(m_s - M) lane-parallel into shared memory, then the partial vectors with
-  // independent loads (v3 walked the splits with a dependent chain: ~20 us at 33 splits).
-  float M = -INFINITY;
-  for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, part_ml[((int64_t)w * nsplit + s) * 2]);
-  M = warp_max(M);
-  float mr = -INFINITY;
-  if (RING) {  // the ring segment's exact partial joins the merge
-    mr = a.ring_ml[(int64_t)w * 2];
-    M = fmaxf(M, mr);
-  }
-  float l = 0.f;
-  for (int s = lane; s < nsplit; s += 32) {
-    const float ms = part_ml[((int64_t)w * nsplit + s) * 2];
-    const float f = (M == -INFINITY || ms == -INFINITY) ? 0.f : exp2f(ms - M);
-    wts[s] = f;
-    l += f * part_ml[((int64_t)w * nsplit + s) * 2 + 1];
-  }
-  l = warp_sum(l);
-  float fr = 0.f;
-  if (RING) {
-    fr = (M == -INFINITY || mr == -INFINITY) ? 0.f : exp2f(mr - M);
-    l += fr * a.ring_ml[(int64_t)w * 2 + 1];
-  }
-  __syncwarp();
-  float o[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) o[e] = 0.f;
-  const float* po = part_o + (int64_t)w * nsplit * d;
-#pragma unroll 4
-  for (int s = 0; s < nsplit; ++s) {
-    const float f = wts[s];
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int c = e * 32 + lane;
-      if (c < d) o[e] += f * po[(int64_t)s * d + c];
-    }
-  }
-  float x[E];
-  rotate_inv<E, HAD>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
-  if (RING) {
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int c = e * 32 + lane;
-      if (c < d) x[e] += fr * a.ring_o[(int64_t)w * d + c];
-    }
-  }
-  // New token (position past), exact.
-  const float* q = a.qf + (int64_t)w * d;
-  const float* kn = a.kf + ((int64_t)b * a.Hkv + g) * d;
-  const T* vn = reinterpret_cast<const T*>(a.value) + ((int64_t)b * a.Hkv + g) * d;
-  float dot = 0.f;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int c = e * 32 + lane;
-    if (c < d) dot += q[c] * kn[c];
-  }
-  float sn = softcap_f(warp_sum(dot) * a.scale, a.softcap) * kLog2e;
-  float Mf = fmaxf(M, sn);
-  float fo = exp2f(M - Mf), fn = exp2f(sn - Mf);
-  float il = 1.f / (l * fo + fn);
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int c = e * 32 + lane;
-    if (c < d) out[c] = from_f<T>((x[e] * fo + to_f<T>(vn[c]) * fn) * il);
-  }
-  // Ring slot of the new token (S = 1: p = past is valid and among the last R), once per kv head,
-  // after the pre-pass read the ring (stream order).
-  if (RING && h == g * (a.Hq / a.Hkv)) {
-    const int64_t off = (((int64_t)b * a.Hkv + g) * a.R + past % a.R) * d;
-    for (int c = lane; c < d; c += 32) {
-      if (a.pkr) reinterpret_cast<T*>(a.pkr)[off + c] = from_f<T>(kn[c]);
-      if (a.pvr) reinterpret_cast<T*>(a.pvr)[off + c] = vn[c];
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
@@ -1465,6 +1522,7 @@ struct Workspace {
   __half* sqh;
   float* part_o;
   float* part_ml;
+  int* tickets;    // [B*Hkv]
   float* ring_o;   // recent window on the fast path: [B*Hq, d] and [B*Hq, 2]
   float* ring_ml;
   size_t bytes;
@@ -1495,7 +1553,9 @@ static bool decode_layout(const TqAttnParams* p, DecodeLayout& L, int ks) {
   L.stage_bytes = kspan + vspan;
   L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
   const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
-  const size_t merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
+  const size_t warps_merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
+  const size_t combine = 128 + sizeof(float) * kFinishFloats * G;  // the last block's combine (flag, per-warp buffers)
+  const size_t merge = warps_merge > combine ? warps_merge : combine;
   const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0) + kMbarBytes;
   static const int max_stages = env_int("TQ_CUDA_STAGES") == 2 ? 2 : 3;
   for (int nst = max_stages; nst >= 2; --nst) {
@@ -1551,6 +1611,18 @@ static int choose_nsplit(const TqAttnParams* p) {
   return (int)ns;
 }
 
+// Merge the splits in the split kernel's last block per (b, kv head) (v9) or in a combine kernel.
+// Measured on an H200 (docs/cuda.md, v9): fused is 1.9 us faster at 128K, even at 16K, 0.8 us slower at
+// 1K (208 keys per split); with one split per (b, kv head) there is nothing to merge and the combine
+// kernel is faster (B = 32: the fused tail delays the second wave). TQ_CUDA_FUSE=1 / 2 forces fused /
+// separate (tuning knob).
+static bool decode_fuse(const TqAttnParams* p, int nsplit) {
+  static const int forced = env_int("TQ_CUDA_FUSE");
+  if (forced == 1) return true;
+  if (forced == 2) return false;
+  return nsplit > 1 && p->P >= (int64_t)512 * nsplit;
+}
+
 static Workspace carve(const TqAttnParams* p, void* base) {
   Workspace w{};
   size_t off = 0;
@@ -1567,6 +1639,7 @@ static Workspace carve(const TqAttnParams* p, void* base) {
     w.sqh = (__half*)take(sizeof(__half) * p->B * p->Hq * (p->use_qjl ? p->m : 1));
     w.part_o = (float*)take(sizeof(float) * p->B * p->Hq * ns * p->d);
     w.part_ml = (float*)take(sizeof(float) * p->B * p->Hq * ns * 2);
+    w.tickets = (int*)take(sizeof(int) * p->B * p->Hkv);
     if (p->recent_window > 0) {
       w.ring_o = (float*)take(sizeof(float) * p->B * p->Hq * p->d);
       w.ring_ml = (float*)take(sizeof(float) * p->B * p->Hq * 2);
@@ -1642,7 +1715,6 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
   if (fast_path_ok(p)) {
     const int ns = choose_nsplit(p);
     const float qscale = (float)aa.scale * (aa.softcap > 0.f ? 1.f : kLog2e);
-    const int BH = (int)(p->B * p->Hq);
     {
       PreArgs pa{};
       pa.q = p->query;
@@ -1661,6 +1733,7 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       pa.sqh = ws.sqh;
       pa.pk = (uint8_t*)p->present_key;
       pa.pv = (uint8_t*)p->present_value;
+      pa.tickets = ws.tickets;
       pa.B = aa.B;
       pa.Hq = aa.Hq;
       pa.Hkv = aa.Hkv;
@@ -1708,6 +1781,15 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.vcb = aa.vcb;
     da.part_o = ws.part_o;
     da.part_ml = ws.part_ml;
+    da.tickets = ws.tickets;
+    da.fin = aa;
+    if (RING) {
+      da.fin.ring_o = ws.ring_o;
+      da.fin.ring_ml = ws.ring_ml;
+    }
+    da.dtype = (int)p->dtype;
+    da.had = HAD ? 1 : 0;
+    da.fuse = decode_fuse(p, ns) ? 1 : 0;
     da.Hq = aa.Hq;
     da.Hkv = aa.Hkv;
     da.G = aa.Hq / aa.Hkv;
@@ -1737,14 +1819,9 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       case 256: rc = launch_split_d<256>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
       default: return -1;
     }
-    if (rc) return rc;
-    AttnArgs ac = aa;
-    if (RING) {
-      ac.ring_o = ws.ring_o;
-      ac.ring_ml = ws.ring_ml;
-    }
-    return launch_pdl(decode_combine_kernel<T, E, HAD, RING>, dim3((BH + 3) / 4), dim3(128), 0, stream, ac,
-                      (const float*)ws.part_o, (const float*)ws.part_ml, ns);
+    if (rc || da.fuse) return rc;
+    return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((p->B * p->Hq + 3) / 4)), dim3(128), 0, stream,
+                      da.fin, (const float*)ws.part_o, (const float*)ws.part_ml, ns, da.dtype, da.had);
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
   attn_simple_kernel<T, E, HAD, RING><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(aa);
