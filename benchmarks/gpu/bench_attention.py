@@ -372,26 +372,21 @@ def main():
         if have_ort:
             cap = ctx + 16
             for graph, sfx in ((False, "us"), (True, "graph_us")):  # plain session, then with the EP's CUDA graph
-                for name, quant in (("gqa_fp16", False), ("gqa_int8", True)):
+                cases = [(f"{name}_{sfx}", lambda q=quant: OrtCase(_gqa_model(B, cap, q), B, ctx, cap, (B, HKV, cap, D),
+                                                                   torch.int8 if q else torch.float16, graph=graph))
+                         for name, quant in (("gqa_fp16", False), ("gqa_int8", True))]
+                if tq_lib:
+                    cases += [(f"tq{kb}_ort_{sfx}", lambda kb=kb: OrtCase(
+                        _tq_model(B, cap, kb, kb), B, ctx, cap, (B, HKV, cap, codec.row_bytes(D, kb)), torch.uint8,
+                        lib=tq_lib, graph=graph)) for kb in ((4, 3) if not graph else (4,))]
+                for key, make in cases:
                     try:
-                        c = OrtCase(_gqa_model(B, cap, quant), B, ctx, cap, (B, HKV, cap, D),
-                                    torch.int8 if quant else torch.float16, graph=graph)
-                        r[f"{name}_{sfx}"] = wall_time(c)
+                        c = make()
+                        r[key] = wall_time(c)
                         del c
                     except Exception as e:  # noqa: BLE001
-                        r[f"{name}_{sfx}"] = None
-                        r[f"{name}_{sfx}_err"] = repr(e)[:200]
-                if tq_lib:
-                    for kb in ((4, 3) if not graph else (4,)):
-                        key = f"tq{kb}_ort_{sfx}"
-                        try:
-                            c = OrtCase(_tq_model(B, cap, kb, kb), B, ctx, cap, (B, HKV, cap, codec.row_bytes(D, kb)),
-                                        torch.uint8, lib=tq_lib, graph=graph)
-                            r[key] = wall_time(c)
-                            del c
-                        except Exception as e:  # noqa: BLE001
-                            r[key] = None
-                            r[key.replace("_us", "") + "_err"] = repr(e)[:300]
+                        r[key] = None
+                        r[key[:-len("_us")] + "_err"] = repr(e)[:300]
         torch.cuda.empty_cache()
         rows.append(r)
         print(json.dumps(r), flush=True)

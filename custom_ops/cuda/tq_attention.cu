@@ -4,9 +4,10 @@
 //   1. prep_qk: query/key -> float32 scratch (RoPE applied exactly when do_rotary).
 //   2. present = past (one cudaMemcpy2DAsync unless the buffers are shared), then the S new keys /
 //      values are encoded (or copied, value_bits = 0) into rows past_len .. past_len+S-1.
-//   3a. S == 1 and a supported shape: split-K flash decoding over the compressed rows with tensor
-//       cores (decode_split_kernel), then decode_combine_kernel merges the splits, rotates the value
-//       accumulator back once, and adds the new token exactly.
+//   3a. S == 1 and a supported shape (prep and the new rows' encode in one decode_pre_kernel): split-K flash decoding
+//       over the compressed rows with tensor cores (decode_split_kernel), then combine_head (in the
+//       split kernel's last block per head group, or in decode_combine_kernel) merges the splits,
+//       rotates the value accumulator back once, and adds the new token exactly.
 //   3b. otherwise attn_simple_kernel: one warp per (batch, query token, head), all cases.
 // Recent window (R > 0, docs/ops.md 4): cached positions [max(0, past_len - R), past_len) are read
 // exactly from the rings instead of from the rows. 3a: the split kernels stop at past_len - R, the
@@ -393,8 +394,8 @@ __device__ __forceinline__ void store_dt(void* p, int64_t i, float v, int dt) {
 
 // Query head w = b * Hq + h (one warp): merge the splits' partials, rotate back, add the new token
 // exactly, normalize, write the output (and the new token's ring slot). Run by the last block of each
-// (b, kv head) of decode_split_kernel (v9; was decode_combine_kernel, a kernel of its own). The
-// partials were written by other blocks of the grid: read through L2 (__ldcg), after the ticket's fence.
+// (b, kv head) of decode_split_kernel, or by decode_combine_kernel (decode_fuse). The partials were
+// written by other blocks: read through L2 (__ldcg), after the ticket's fence or the grid dependency.
 // buf: 256 floats, wts: nsplit <= 512 floats (choose_nsplit), this warp's shared memory. The split
 // kernel's template covers the cache format only: the output dtype (dt) and the rotation's kind (had)
 // are run-time values here.
@@ -411,7 +412,7 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
     for (int c = lane; c < d; c += 32) store_dt(a.out, ob + c, __int_as_float(0x7fc00000), dt);
     return;
   }
-  // Everything the merge reads, in flight at once (v9b: was four dependent rounds): the new token's
+  // Everything the merge reads, in flight at once (v9; was four dependent rounds): the new token's
   // query, key and value, the ring partial, the first kP splits' partial vectors and the splits' (m, l).
   const float* q = a.qf + (int64_t)w * d;
   const float* kn = a.kf + ((int64_t)b * a.Hkv + g) * d;
@@ -504,7 +505,7 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
 //     lookups (2*b-bit index -> half2 of centroids) in a replicated shared-memory table;
 //   O^T accumulates P*vscale [16 x 16 keys] * Vc [16 keys x 8 coords] per 8-coordinate tile, with
 //     each thread's B fragment a key pair of one coordinate: a (code_a | code_b << b) lookup.
-// Values stay in the rotated domain; decode_combine_kernel rotates back once per output vector.
+// Values stay in the rotated domain; combine_head rotates back once per output vector.
 constexpr int kDecodeWarps = 16;                    // v6: one block of 16 warps per SM (docs/cuda.md)
 constexpr int kTileKeys = kDecodeWarps * 16;        // keys per stage at KS = 1 (one 16-key subtile per warp)
 constexpr int kLutStride = 256;                     // bytes per table entry: 32 key copies, then 32 value copies
