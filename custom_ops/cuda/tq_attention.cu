@@ -4,10 +4,11 @@
 //   1. prep_qk: query/key -> float32 scratch (RoPE applied exactly when do_rotary).
 //   2. present = past (one cudaMemcpy2DAsync unless the buffers are shared), then the S new keys /
 //      values are encoded (or copied, value_bits = 0) into rows past_len .. past_len+S-1.
-//   3a. S == 1 and a supported shape (prep and the new rows' encode in one decode_pre_kernel): split-K flash decoding
-//       over the compressed rows with tensor cores (decode_split_kernel), then combine_head (in the
-//       split kernel's last block per head group, or in decode_combine_kernel) merges the splits,
-//       rotates the value accumulator back once, and adds the new token exactly.
+//   3a. S == 1 and a supported shape (steps 1-2 folded in: the queries in decode_pre_kernel, the new
+//       rows' encode beside the merge): split-K flash decoding over the compressed rows with tensor
+//       cores (decode_split_kernel), then decode_combine_kernel: combine_head merges the splits,
+//       rotates the value accumulator back once and adds the new token exactly; encode_new_row writes
+//       the new rows (its warps start while the split kernel runs).
 //   3b. otherwise attn_simple_kernel: one warp per (batch, query token, head), all cases.
 // Recent window (R > 0, docs/ops.md 4): cached positions [max(0, past_len - R), past_len) are read
 // exactly from the rings instead of from the rows. 3a: the split kernels stop at past_len - R, the
@@ -30,6 +31,10 @@ struct AttnArgs {
   const float* qf;        // [B, S, Hq, d] float32 (after RoPE)
   const float* kf;        // [B, S, Hkv, d]
   const void* value;      // T [B, S, Hkv, d]
+  const void* key;        // T [B, S, Hkv, d] before RoPE (the fast path encodes the new key from it)
+  const void* cosc;       // T [max_pos, d/2] when rotary
+  const void* sinc;
+  int rotary, max_pos;
   const uint8_t* pk;      // present_key
   const void* pv;         // present_value
   const int32_t* seqlens;
@@ -380,6 +385,37 @@ __global__ void __launch_bounds__(kSimpleWarps * 32) attn_simple_kernel(AttnArgs
   }
 }
 
+// One vector of d elements (one warp, element e*32 + lane in x[e]), with exact RoPE at position pos
+// when rotary (the rounding of tq_ort.codec.apply_rotary). buf: d floats of this warp's shared memory.
+template <typename T, int E>
+__device__ __forceinline__ void load_rope(const T* src, const T* cosc, const T* sinc, int rotary, int pos, int d,
+                                          int lane, float* buf, float (&x)[E]) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int i = e * 32 + lane;
+    x[e] = i < d ? to_f<T>(src[i]) : 0.f;
+  }
+  if (!rotary) return;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int i = e * 32 + lane;
+    if (i < d) buf[i] = x[e];
+  }
+  __syncwarp();
+  const int half = d / 2;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    int i = e * 32 + lane;
+    if (i < d) {
+      int cc = i < half ? i : i - half;
+      float co = to_f<T>(cosc[(int64_t)pos * half + cc]), si = to_f<T>(sinc[(int64_t)pos * half + cc]);
+      x[e] = i < half ? __fsub_rn(__fmul_rn(buf[i], co), __fmul_rn(buf[i + half], si))
+                      : __fadd_rn(__fmul_rn(buf[i], co), __fmul_rn(buf[i - half], si));
+    }
+  }
+  __syncwarp();
+}
+
 // Element i of a tensor of run-time dtype dt (DType), as float / from float (rounded to nearest).
 __device__ __forceinline__ float load_dt(const void* p, int64_t i, int dt) {
   if (dt == kF16) return __half2float(reinterpret_cast<const __half*>(p)[i]);
@@ -392,13 +428,70 @@ __device__ __forceinline__ void store_dt(void* p, int64_t i, float v, int dt) {
   else reinterpret_cast<float*>(p)[i] = v;
 }
 
+// load_rope for a tensor of run-time dtype dt (the merge's template does not carry T).
+template <int E>
+__device__ __forceinline__ void load_rope_dt(const void* src, const void* cosc, const void* sinc, int rotary, int pos,
+                                             int d, int lane, float* buf, float (&x)[E], int dt) {
+  if (dt == kF16)
+    load_rope<__half, E>(static_cast<const __half*>(src), static_cast<const __half*>(cosc),
+                         static_cast<const __half*>(sinc), rotary, pos, d, lane, buf, x);
+  else if (dt == kBF16)
+    load_rope<__nv_bfloat16, E>(static_cast<const __nv_bfloat16*>(src), static_cast<const __nv_bfloat16*>(cosc),
+                                static_cast<const __nv_bfloat16*>(sinc), rotary, pos, d, lane, buf, x);
+  else
+    load_rope<float, E>(static_cast<const float*>(src), static_cast<const float*>(cosc),
+                        static_cast<const float*>(sinc), rotary, pos, d, lane, buf, x);
+}
+
+// The new token's key (after RoPE) of (b, kv head g), exact, from the op's input (decode step: S = 1).
+template <int E>
+__device__ __forceinline__ void load_new_key(const AttnArgs& a, int b, int g, int past, int lane, float* buf,
+                                             float (&x)[E], int dt) {
+  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
+  const int64_t off = ((int64_t)b * a.Hkv + g) * a.d * (dt == kF32 ? 4 : 2);
+  load_rope_dt<E>(static_cast<const uint8_t*>(a.key) + off, a.cosc, a.sinc, a.rotary, pos, a.d, lane, buf, x, dt);
+}
+
+// Encodes the new token's key (value = false) or value of (b, kv head g) into present row past_len
+// (decode step, docs/ops.md 4 "Cache write"). v10: run beside the merge (combine_head's warps), no
+// longer in the pre-pass, whose encode warps were the long pole the split kernel waited for.
+// buf: 256 + 64 + 32 floats of this warp's shared memory (scratch, code words, codebook and
+// boundaries: bits <= 4 on the fast path, fast_path_ok).
+template <int E>
+__device__ __forceinline__ void encode_new_row(const AttnArgs& a, int b, int g, bool value, int lane, float* buf,
+                                               int dt, bool had) {
+  int L, past, nvalid;
+  if (!batch_geometry(a.seqlens, b, 1, a.Pp, L, past, nvalid)) return;  // the attention outputs NaN
+  uint32_t* cw = reinterpret_cast<uint32_t*>(buf + 256);
+  float* cb = buf + 320;
+  float* bnd = buf + 336;
+  const float* cbg = value ? a.vcb : a.kcb;
+  const int bits = value ? a.vbits : a.kbits, K = 1 << bits;
+  if (lane < K) cb[lane] = cbg[lane];
+  if (lane < K - 1) bnd[lane] = __fmul_rn(__fadd_rn(cbg[lane], cbg[lane + 1]), 0.5f);
+  float x[E], sgn[E];
+  if (value)
+    load_rope_dt<E>(static_cast<const uint8_t*>(a.value) + ((int64_t)b * a.Hkv + g) * a.d * (dt == kF32 ? 4 : 2),
+                    nullptr, nullptr, 0, 0, a.d, lane, buf, x, dt);
+  else
+    load_new_key<E>(a, b, g, past, lane, buf, x, dt);
+#pragma unroll
+  for (int e = 0; e < E; ++e) sgn[e] = (had && e * 32 + lane < a.d) ? a.rot[e * 32 + lane] : 0.f;
+  __syncwarp();  // the codebook and boundaries
+  const int64_t row = ((int64_t)b * a.Hkv + g) * a.Pp + past;
+  uint32_t* orow = reinterpret_cast<uint32_t*>(value ? (uint8_t*)a.pv + row * a.Rv : (uint8_t*)a.pk + row * a.Rk);
+  const int qjl = value ? 0 : a.use_qjl;
+  if (had)
+    encode_warp<E, true>(x, a.d, a.rot, nullptr, sgn, cb, bnd, bits, qjl, a.qjl, a.m, orow, a.inv_sqrt_d, buf, cw, lane);
+  else
+    encode_warp<E, false>(x, a.d, a.rot, nullptr, sgn, cb, bnd, bits, qjl, a.qjl, a.m, orow, a.inv_sqrt_d, buf, cw, lane);
+}
+
 // Query head w = b * Hq + h (one warp): merge the splits' partials, rotate back, add the new token
-// exactly, normalize, write the output (and the new token's ring slot). Run by the last block of each
-// (b, kv head) of decode_split_kernel, or by decode_combine_kernel (decode_fuse). The partials were
-// written by other blocks: read through L2 (__ldcg), after the ticket's fence or the grid dependency.
-// buf: 256 floats, wts: nsplit <= 512 floats (choose_nsplit), this warp's shared memory. The split
-// kernel's template covers the cache format only: the output dtype (dt) and the rotation's kind (had)
-// are run-time values here.
+// exactly, normalize, write the output (and the new token's ring slot). Run by decode_combine_kernel
+// after the grid dependency on the split kernel; the partials are read through L2 (__ldcg).
+// buf: 256 floats, wts: nsplit <= 512 floats (choose_nsplit), this warp's shared memory. The output
+// dtype (dt) and the rotation's kind (had) are run-time values (one instantiation per E).
 template <int E>
 __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* part_o, const float* part_ml, int nsplit,
                                              int w, int lane, float* buf, float* wts, int dt, bool had) {
@@ -512,7 +605,7 @@ constexpr int kLutStride = 256;                     // bytes per table entry: 32
 constexpr int kLutV = 128;                          // offset of the value copies inside an entry
 constexpr int kQjlLutBytes = 4 * 32 * 4;            // QJL sign-pair table: 4 entries x 32 copies
 constexpr int kMbarBytes = 32;                      // the stages' mbarriers (sm_90), before the stages
-constexpr int kFinishFloats = 256 + 512;            // shared floats per warp of the combine (after a 128-byte flag)
+constexpr int kFinishFloats = 256 + 512;            // shared floats per warp of decode_combine_kernel
 
 struct DecodeArgs {
   const uint8_t* pk;
@@ -524,10 +617,6 @@ struct DecodeArgs {
   const float* vcb;
   float* part_o;      // [B*Hq, nsplit, D]
   float* part_ml;     // [B*Hq, nsplit, 2]
-  int* tickets;       // [B*Hkv] blocks done per (b, kv head); zeroed by the pre-pass
-  AttnArgs fin;       // the combine's arguments (output, new token, rings)
-  int dtype, had;     // output dtype (DType), rotation is a randomized Hadamard
-  int fuse;           // the last block per (b, kv head) merges the splits (else decode_combine_kernel)
   int Hq, Hkv, G, Pp, Rk, Rv, kbits, vbits, m, window, nsplit, stage_bytes;
   int nstages;        // cp.async pipeline depth (2 or 3, what fits in shared memory)
   int lut_bytes;      // table bytes: kLutStride * max(2^(2 kbits), 2^(2 vbits))
@@ -702,17 +791,23 @@ __device__ __forceinline__ void pair_entries(const uint32_t* row, int u, int t, 
   }
 }
 
-// combine_head as a kernel of its own: one warp per (b, query head), launched by PDL while the split
-// kernel runs (the split kernel's tail does the same work when fused, decode_fuse).
+// After the split kernel (launched by PDL): one warp per new key and new value row (encode_new_row,
+// v10), then one warp per (b, query head) running combine_head. The encode warps read inputs only and
+// write rows the split kernel never reads, so they start at once (at B = 1 on the SMs the split grid
+// leaves idle); the merge warps wait for the split kernel's partials.
 template <int E>
 __global__ void __launch_bounds__(128) decode_combine_kernel(AttnArgs a, const float* __restrict__ part_o,
                                                              const float* __restrict__ part_ml, int nsplit, int dt, int had) {
-  __shared__ float bufs[4][256];
-  __shared__ float wbufs[4][512];  // nsplit <= 512 (choose_nsplit)
-  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
+  __shared__ float bufs[4][kFinishFloats];  // per warp: 256 scratch floats, then nsplit <= 512 weights (choose_nsplit)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int w = blockIdx.x * 4 + warp;
-  if (w < a.B * a.Hq) combine_head<E>(a, part_o, part_ml, nsplit, w, lane, bufs[warp], wbufs[warp], dt, had != 0);
+  const int w = blockIdx.x * 4 + warp, nk = a.B * a.Hkv;
+  if (w < 2 * nk) {
+    encode_new_row<E>(a, (w % nk) / a.Hkv, w % a.Hkv, w >= nk, lane, bufs[warp], dt, had != 0);
+    return;
+  }
+  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
+  if (w - 2 * nk < a.B * a.Hq)
+    combine_head<E>(a, part_o, part_ml, nsplit, w - 2 * nk, lane, bufs[warp], bufs[warp] + 256, dt, had != 0);
 }
 
 // v6 (docs/cuda.md). Per block: one (batch, kv head), all G <= 16 query heads of the group, a range of
@@ -823,10 +918,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   }
 
   __syncthreads();  // tables built, mbarriers initialized
-  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query (and the
-  // zeroed tickets, the new token's float copies, the ring partial) are the pre-pass's outputs.
+  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query (and its
+  // QJL sketch) is the pre-pass's output.
   pdl_wait();
-  if (!a.fuse) pdl_trigger();  // the combine kernel may launch (it waits for this grid)
+  pdl_trigger();  // decode_combine_kernel may launch (its merge warps wait for this grid, its encode warps do not)
   // B fragments of the rotated query (and of its QJL sketch, m columns: m % 32 == 0, m <= 256).
   uint32_t qb[NB][2 * NU][2];
   load_b_frags(a.qh + prow0 * D, D, a.G, r, t, qb);
@@ -1138,51 +1233,26 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
               bad ? make_float2(0.f, __int_as_float(0x7fc00000)) : make_float2(mrun[nb][j], lrun[nb][j]);
       }
   }
-  // v9: the last block of each (b, kv head) to finish merges the splits and writes the output (fuse),
-  // or decode_combine_kernel does (launched early by PDL; decode_fuse says which).
-  if (!a.fuse) return;
-  __syncthreads();  // warp 0's partial writes precede thread 0's release fence (CTA barrier, cumulative)
-  int* last = reinterpret_cast<int*>(smem);
-  if (a.nsplit > 1) {  // one split: this block is the only one (its partial is visible after the barrier)
-    if (tid == 0) {
-      asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // release: this block's partial before its ticket
-      const int ticket = atomicAdd(a.tickets + (int64_t)b * a.Hkv + g, 1);
-      asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // acquire: the other blocks' partials
-      *last = ticket == a.nsplit - 1;
-    }
-    __syncthreads();
-    if (!*last) return;
-  }
-  if (warp < a.G) {
-    float* buf = reinterpret_cast<float*>(smem) + 32 + warp * kFinishFloats;
-    combine_head<(D + 31) / 32>(a.fin, a.part_o, a.part_ml, a.nsplit, (int)prow0 + warp, lane, buf, buf + 256, a.dtype,
-                                (D & (D - 1)) == 0 && a.had != 0);  // FWHT only where d is a power of two
-  }
 }
 
-// Decode step (S == 1) pre-pass in one launch (v5; was prep_qk + two encodes + decode_prep):
-// warps [0, B*Hq) rope + rotate the queries (float copy for the combine, fp16 rotated query and
-// QJL sketch for the split kernel); the next B*Hkv warps rope + encode the new keys into present
-// row past_len (float copy for the combine); the last B*Hkv warps encode the new values.
+// Decode step (S == 1) pre-pass (v5 fused prep_qk, two encodes and decode_prep into one launch; v10
+// moved the new rows' encode to the merge, encode_new_row): warps [0, B*Hq) rope + rotate the queries
+// (float copy for the merge, fp16 rotated query and QJL sketch for the split kernel), the next B*Hkv
+// warps rope the new keys (float copy for the merge); with a recent window, B*Hkv more blocks compute
+// the ring segment's partials.
 struct PreArgs {
   const void* q;
-  const void* k;
-  const void* v;
   const void* cosc;
   const void* sinc;
   const int32_t* seqlens;
   const float* rot;
-  const float* kcb;
-  const float* vcb;
   const float* S;
+  const void* k;
   float* qf;
   float* kf;
   __half* qh;
   __half* sqh;
-  uint8_t* pk;
-  uint8_t* pv;
-  int* tickets;  // [B*Hkv] zeroed here for the split kernel's last-block merge
-  int B, Hq, Hkv, d, Pp, Rk, Rv, kbits, vbits, use_qjl, m, rotary, max_pos;
+  int B, Hq, Hkv, d, Pp, use_qjl, m, rotary, max_pos;
   float qscale, inv_sqrt_d;
   // recent window (RING): B*Hkv more blocks, the exact partials of the ring segment
   const void* kr;
@@ -1192,35 +1262,6 @@ struct PreArgs {
   int R, window, ring_tk;  // ring_tk: keys per shared-memory tile of a RING block
   float scale, softcap;
 };
-
-template <typename T, int E>
-__device__ __forceinline__ void load_rope(const T* src, const T* cosc, const T* sinc, int rotary, int pos, int d,
-                                          int lane, float* buf, float (&x)[E]) {
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int i = e * 32 + lane;
-    x[e] = i < d ? to_f<T>(src[i]) : 0.f;
-  }
-  if (!rotary) return;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int i = e * 32 + lane;
-    if (i < d) buf[i] = x[e];
-  }
-  __syncwarp();
-  const int half = d / 2;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int i = e * 32 + lane;
-    if (i < d) {
-      int cc = i < half ? i : i - half;
-      float co = to_f<T>(cosc[(int64_t)pos * half + cc]), si = to_f<T>(sinc[(int64_t)pos * half + cc]);
-      x[e] = i < half ? __fsub_rn(__fmul_rn(buf[i], co), __fmul_rn(buf[i + half], si))
-                      : __fadd_rn(__fmul_rn(buf[i], co), __fmul_rn(buf[i - half], si));
-    }
-  }
-  __syncwarp();
-}
 
 // Two consecutive T (4-byte aligned for 16-bit T, 8-byte for float) as float2.
 template <typename T> __device__ __forceinline__ float2 to_f2(const T* p);
@@ -1423,93 +1464,57 @@ __device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint
 template <typename T, int E, bool HAD, bool RING>
 __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   pdl_trigger();  // the split kernel's prologue reads no output of this kernel (it waits before the query)
-  if (blockIdx.x == 0)
-    for (int i = threadIdx.x; i < a.B * a.Hkv; i += blockDim.x) a.tickets[i] = 0;
-  __shared__ float cbK[256], bndK[256], cbV[256], bndV[256];
   __shared__ float bufs[4][256];
-  __shared__ uint32_t cws[4][64];
-  const int KK = 1 << a.kbits, KV = 1 << a.vbits;
-  for (int k = threadIdx.x; k < KK; k += blockDim.x) cbK[k] = a.kcb[k];
-  for (int k = threadIdx.x; k < KK - 1; k += blockDim.x) bndK[k] = __fmul_rn(__fadd_rn(a.kcb[k], a.kcb[k + 1]), 0.5f);
-  for (int k = threadIdx.x; k < KV; k += blockDim.x) cbV[k] = a.vcb[k];
-  for (int k = threadIdx.x; k < KV - 1; k += blockDim.x) bndV[k] = __fmul_rn(__fadd_rn(a.vcb[k], a.vcb[k + 1]), 0.5f);
-  __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int w = blockIdx.x * 4 + warp;
   const int BHq = a.B * a.Hq, BHk = a.B * a.Hkv;
   if (RING) {
-    const int warp_blocks = (BHq + 2 * BHk + 3) / 4;
+    const int warp_blocks = (BHq + BHk + 3) / 4;
     if ((int)blockIdx.x >= warp_blocks) {
       extern __shared__ float4 pre_dyn4[];
       decode_ring_block<T>(a, blockIdx.x - warp_blocks, reinterpret_cast<uint8_t*>(pre_dyn4));
       return;
     }
   }
-  if (w >= BHq + 2 * BHk) return;
+  if (w >= BHq + BHk) return;
   const int d = a.d;
   float* buf = bufs[warp];
-  const int kind = w < BHq ? 0 : (w < BHq + BHk ? 1 : 2);
-  const int idx = kind == 0 ? w : (kind == 1 ? w - BHq : w - BHq - BHk);
-  const int H = kind == 0 ? a.Hq : a.Hkv;
-  const int b = idx / H;
+  const bool query = w < BHq;
+  const int idx = query ? w : w - BHq;
+  const int b = idx / (query ? a.Hq : a.Hkv);
   const int L = a.seqlens[b] + 1;
-  const bool ok = L >= 1 && L <= a.Pp;
-  const int past = ok ? L - 1 : 0;
-  int pos = past;
-  if (a.rotary) pos = min(max(pos, 0), a.max_pos - 1);
+  const int past = L >= 1 && L <= a.Pp ? L - 1 : 0;
+  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
   float x[E];
-  if (kind == 0) {
-    load_rope<T, E>(reinterpret_cast<const T*>(a.q) + (int64_t)idx * d, reinterpret_cast<const T*>(a.cosc),
-                    reinterpret_cast<const T*>(a.sinc), a.rotary, pos, d, lane, buf, x);
+  load_rope<T, E>(reinterpret_cast<const T*>(query ? a.q : a.k) + (int64_t)idx * d, reinterpret_cast<const T*>(a.cosc),
+                  reinterpret_cast<const T*>(a.sinc), a.rotary, pos, d, lane, buf, x);
+  float* xf = (query ? a.qf : a.kf) + (int64_t)idx * d;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int i = e * 32 + lane;
-      if (i < d) a.qf[(int64_t)idx * d + i] = x[e];
-    }
-    float qr[E];
-    rotate_fwd<E, HAD>(x, qr, a.rot, d, lane, buf, a.inv_sqrt_d);
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int i = e * 32 + lane;
-      if (i < d) a.qh[(int64_t)idx * d + i] = __float2half_rn(qr[e] * a.qscale);
-    }
-    if (a.use_qjl) {
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        int i = e * 32 + lane;
-        if (i < d) buf[i] = qr[e];
-      }
-      __syncwarp();
-      const float qc = 1.2533141373155003f / (float)a.m;
-      for (int j = lane; j < a.m; j += 32) {
-        float acc = 0.f;
-        for (int k = 0; k < d; ++k) acc += __ldg(a.S + (size_t)j * d + k) * buf[k];
-        a.sqh[(int64_t)idx * a.m + j] = __float2half_rn(acc * qc * a.qscale);
-      }
-    }
-    return;
+  for (int e = 0; e < E; ++e) {
+    int i = e * 32 + lane;
+    if (i < d) xf[i] = x[e];
   }
-  float sgn_reg[E];
+  if (!query) return;
+  float qr[E];
+  rotate_fwd<E, HAD>(x, qr, a.rot, d, lane, buf, a.inv_sqrt_d);
 #pragma unroll
-  for (int e = 0; e < E; ++e) sgn_reg[e] = (HAD && e * 32 + lane < d) ? a.rot[e * 32 + lane] : 0.f;
-  const int g = idx - b * a.Hkv;
-  const int64_t row = ((int64_t)b * a.Hkv + g) * a.Pp + past;
-  if (kind == 1) {
-    load_rope<T, E>(reinterpret_cast<const T*>(a.k) + (int64_t)idx * d, reinterpret_cast<const T*>(a.cosc),
-                    reinterpret_cast<const T*>(a.sinc), a.rotary, pos, d, lane, buf, x);
+  for (int e = 0; e < E; ++e) {
+    int i = e * 32 + lane;
+    if (i < d) a.qh[(int64_t)w * d + i] = __float2half_rn(qr[e] * a.qscale);
+  }
+  if (a.use_qjl) {
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       int i = e * 32 + lane;
-      if (i < d) a.kf[(int64_t)idx * d + i] = x[e];
+      if (i < d) buf[i] = qr[e];
     }
-    encode_warp<E, HAD>(x, d, a.rot, nullptr, sgn_reg, cbK, bndK, a.kbits, a.use_qjl, a.S, a.m,
-                        ok ? reinterpret_cast<uint32_t*>(a.pk + row * a.Rk) : nullptr, a.inv_sqrt_d, buf,
-                        cws[warp], lane);
-  } else {
-    load_rope<T, E>(reinterpret_cast<const T*>(a.v) + (int64_t)idx * d, nullptr, nullptr, 0, 0, d, lane, buf, x);
-    encode_warp<E, HAD>(x, d, a.rot, nullptr, sgn_reg, cbV, bndV, a.vbits, 0, nullptr, 0,
-                        ok ? reinterpret_cast<uint32_t*>(a.pv + row * a.Rv) : nullptr, a.inv_sqrt_d, buf,
-                        cws[warp], lane);
+    __syncwarp();
+    const float qc = 1.2533141373155003f / (float)a.m;
+    for (int j = lane; j < a.m; j += 32) {
+      float acc = 0.f;
+      for (int k = 0; k < d; ++k) acc += __ldg(a.S + (size_t)j * d + k) * buf[k];
+      a.sqh[(int64_t)w * a.m + j] = __float2half_rn(acc * qc * a.qscale);
+    }
   }
 }
 
@@ -1523,7 +1528,6 @@ struct Workspace {
   __half* sqh;
   float* part_o;
   float* part_ml;
-  int* tickets;    // [B*Hkv]
   float* ring_o;   // recent window on the fast path: [B*Hq, d] and [B*Hq, 2]
   float* ring_ml;
   size_t bytes;
@@ -1555,8 +1559,7 @@ static bool decode_layout(const TqAttnParams* p, DecodeLayout& L, int ks) {
   L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
   const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
   const size_t warps_merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
-  const size_t combine = 128 + sizeof(float) * kFinishFloats * G;  // the last block's combine (flag, per-warp buffers)
-  const size_t merge = warps_merge > combine ? warps_merge : combine;
+  const size_t merge = warps_merge;
   const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0) + kMbarBytes;
   static const int max_stages = env_int("TQ_CUDA_STAGES") == 2 ? 2 : 3;
   for (int nst = max_stages; nst >= 2; --nst) {
@@ -1612,18 +1615,6 @@ static int choose_nsplit(const TqAttnParams* p) {
   return (int)ns;
 }
 
-// Merge the splits in the split kernel's last block per (b, kv head) (v9) or in a combine kernel.
-// Measured on an H200 (docs/cuda.md, v9): fused is 1.9 us faster at 128K, even at 16K, 0.8 us slower at
-// 1K (208 keys per split); with one split per (b, kv head) there is nothing to merge and the combine
-// kernel is faster (B = 32: the fused tail delays the second wave). TQ_CUDA_FUSE=1 / 2 forces fused /
-// separate (tuning knob).
-static bool decode_fuse(const TqAttnParams* p, int nsplit) {
-  static const int forced = env_int("TQ_CUDA_FUSE");
-  if (forced == 1) return true;
-  if (forced == 2) return false;
-  return nsplit > 1 && p->P >= (int64_t)512 * nsplit;
-}
-
 static Workspace carve(const TqAttnParams* p, void* base) {
   Workspace w{};
   size_t off = 0;
@@ -1640,7 +1631,6 @@ static Workspace carve(const TqAttnParams* p, void* base) {
     w.sqh = (__half*)take(sizeof(__half) * p->B * p->Hq * (p->use_qjl ? p->m : 1));
     w.part_o = (float*)take(sizeof(float) * p->B * p->Hq * ns * p->d);
     w.part_ml = (float*)take(sizeof(float) * p->B * p->Hq * ns * 2);
-    w.tickets = (int*)take(sizeof(int) * p->B * p->Hkv);
     if (p->recent_window > 0) {
       w.ring_o = (float*)take(sizeof(float) * p->B * p->Hq * p->d);
       w.ring_ml = (float*)take(sizeof(float) * p->B * p->Hq * 2);
@@ -1719,39 +1709,28 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     {
       PreArgs pa{};
       pa.q = p->query;
-      pa.k = p->key;
-      pa.v = p->value;
       pa.cosc = p->cos_cache;
       pa.sinc = p->sin_cache;
       pa.seqlens = p->seqlens_k;
       pa.rot = aa.rot;
-      pa.kcb = aa.kcb;
-      pa.vcb = aa.vcb;
       pa.S = p->use_qjl ? aa.qjl : nullptr;
+      pa.k = p->key;
       pa.qf = ws.qf;
       pa.kf = ws.kf;
       pa.qh = ws.qh;
       pa.sqh = ws.sqh;
-      pa.pk = (uint8_t*)p->present_key;
-      pa.pv = (uint8_t*)p->present_value;
-      pa.tickets = ws.tickets;
       pa.B = aa.B;
       pa.Hq = aa.Hq;
       pa.Hkv = aa.Hkv;
       pa.d = aa.d;
       pa.Pp = aa.Pp;
-      pa.Rk = aa.Rk;
-      pa.Rv = aa.Rv;
-      pa.kbits = aa.kbits;
-      pa.vbits = aa.vbits;
       pa.use_qjl = aa.use_qjl;
       pa.m = aa.m;
       pa.rotary = (int)p->do_rotary;
       pa.max_pos = (int)p->max_pos;
       pa.qscale = qscale;
       pa.inv_sqrt_d = aa.inv_sqrt_d;
-      const int jobs = (int)(p->B * (p->Hq + 2 * p->Hkv));
-      int blocks = (jobs + 3) / 4;
+      int blocks = (int)((p->B * (p->Hq + p->Hkv) + 3) / 4);
       size_t dyn = 0;
       if (RING) {
         pa.kr = aa.kr;
@@ -1782,15 +1761,6 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.vcb = aa.vcb;
     da.part_o = ws.part_o;
     da.part_ml = ws.part_ml;
-    da.tickets = ws.tickets;
-    da.fin = aa;
-    if (RING) {
-      da.fin.ring_o = ws.ring_o;
-      da.fin.ring_ml = ws.ring_ml;
-    }
-    da.dtype = (int)p->dtype;
-    da.had = HAD ? 1 : 0;
-    da.fuse = decode_fuse(p, ns) ? 1 : 0;
     da.Hq = aa.Hq;
     da.Hkv = aa.Hkv;
     da.G = aa.Hq / aa.Hkv;
@@ -1820,9 +1790,15 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       case 256: rc = launch_split_d<256>(da, qjl, bigg, ks, aa.B, aa.Hkv, smem, stream); break;
       default: return -1;
     }
-    if (rc || da.fuse) return rc;
-    return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((p->B * p->Hq + 3) / 4)), dim3(128), 0, stream,
-                      da.fin, (const float*)ws.part_o, (const float*)ws.part_ml, ns, da.dtype, da.had);
+    if (rc) return rc;
+    AttnArgs fin = aa;  // the merge's arguments: the ring partial from the workspace
+    if (RING) {
+      fin.ring_o = ws.ring_o;
+      fin.ring_ml = ws.ring_ml;
+    }
+    const int64_t warps = p->B * (2 * p->Hkv + p->Hq);  // new rows, then the merge's heads
+    return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, fin,
+                      (const float*)ws.part_o, (const float*)ws.part_ml, ns, (int)p->dtype, HAD ? 1 : 0);
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
   attn_simple_kernel<T, E, HAD, RING><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(aa);
@@ -1934,6 +1910,11 @@ static int run_attention(const TqAttnParams* p, void* wsp, cudaStream_t stream, 
   aa.qf = ws.qf;
   aa.kf = ws.kf;
   aa.value = p->value;
+  aa.key = p->key;
+  aa.cosc = p->cos_cache;
+  aa.sinc = p->sin_cache;
+  aa.rotary = (int)p->do_rotary;
+  aa.max_pos = (int)p->max_pos;
   aa.pk = (const uint8_t*)p->present_key;
   aa.pv = p->present_value;
   aa.seqlens = p->seqlens_k;
