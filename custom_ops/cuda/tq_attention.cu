@@ -31,7 +31,8 @@ struct AttnArgs {
   const float* qf;        // [B, S, Hq, d] float32 (after RoPE)
   const float* kf;        // [B, S, Hkv, d]
   const void* value;      // T [B, S, Hkv, d]
-  const void* key;        // T [B, S, Hkv, d] before RoPE (the fast path encodes the new key from it)
+  const void* query;      // T [B, S, Hq, d] before RoPE (the fast path's merge reads the inputs, qf/kf are the
+  const void* key;        // T [B, S, Hkv, d]  simple path's; the new key is encoded from `key`)
   const void* cosc;       // T [max_pos, d/2] when rotary
   const void* sinc;
   int rotary, max_pos;
@@ -452,6 +453,20 @@ __device__ __forceinline__ void load_new_key(const AttnArgs& a, int b, int g, in
   load_rope_dt<E>(static_cast<const uint8_t*>(a.key) + off, a.cosc, a.sinc, a.rotary, pos, a.d, lane, buf, x, dt);
 }
 
+// Query head w = b * Hq + h of a decode step, after RoPE (x), and rotated and scaled (qr = scale * R x):
+// the pre-pass's query warps and decode_split_kernel's own (v11) compute it the same way.
+template <int E, bool HAD>
+__device__ __forceinline__ void decode_query(const void* q, const void* cosc, const void* sinc, int rotary, int max_pos,
+                                             const float* rot, float inv_sqrt_d, float qscale, int64_t w, int past,
+                                             int d, int lane, float* buf, float (&x)[E], float (&qr)[E], int dt) {
+  const int pos = rotary ? min(max(past, 0), max_pos - 1) : past;
+  load_rope_dt<E>(static_cast<const uint8_t*>(q) + w * d * (dt == kF32 ? 4 : 2), cosc, sinc, rotary, pos, d, lane, buf,
+                  x, dt);
+  rotate_fwd<E, HAD>(x, qr, rot, d, lane, buf, inv_sqrt_d);
+#pragma unroll
+  for (int e = 0; e < E; ++e) qr[e] *= qscale;
+}
+
 // Encodes the new token's key (value = false) or value of (b, kv head g) into present row past_len
 // (decode step, docs/ops.md 4 "Cache write"). v10: run beside the merge (combine_head's warps), no
 // longer in the pre-pass, whose encode warps were the long pole the split kernel waited for.
@@ -506,9 +521,7 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
     return;
   }
   // Everything the merge reads, in flight at once (v9; was four dependent rounds): the new token's
-  // query, key and value, the ring partial, the first kP splits' partial vectors and the splits' (m, l).
-  const float* q = a.qf + (int64_t)w * d;
-  const float* kn = a.kf + ((int64_t)b * a.Hkv + g) * d;
+  // value, the ring partial, the first kP splits' partial vectors and the splits' (m, l).
   const int64_t vb = ((int64_t)b * a.Hkv + g) * d;  // the new value in a.value
   const float* po = part_o + (int64_t)w * nsplit * d;
   float qv[E], kv[E], vv[E], rv[E], pre[kP][E];
@@ -516,8 +529,6 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   for (int e = 0; e < E; ++e) {
     const int c = e * 32 + lane;
     const bool in = c < d;
-    qv[e] = in ? q[c] : 0.f;
-    kv[e] = in ? kn[c] : 0.f;
     vv[e] = in ? load_dt(a.value, vb + c, dt) : 0.f;
     rv[e] = in && RING ? a.ring_o[ob + c] : 0.f;
 #pragma unroll
@@ -526,6 +537,11 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   float2 ml0 = make_float2(-INFINITY, 0.f);
   if (lane < nsplit) ml0 = __ldcg(reinterpret_cast<const float2*>(part_ml) + (int64_t)w * nsplit + lane);
   const float2 mlr = RING ? *reinterpret_cast<const float2*>(a.ring_ml + (int64_t)w * 2) : make_float2(-INFINITY, 0.f);
+  // The new token's query and key after RoPE (exact, float32), from the inputs, while the loads above fly.
+  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
+  load_rope_dt<E>(static_cast<const uint8_t*>(a.query) + (int64_t)w * d * (dt == kF32 ? 4 : 2), a.cosc, a.sinc,
+                  a.rotary, pos, d, lane, buf, qv, dt);
+  load_new_key<E>(a, b, g, past, lane, buf, kv, dt);
   float M = ml0.x;
   for (int s = lane + 32; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + ((int64_t)w * nsplit + s) * 2));
   M = fmaxf(warp_max(M), mlr.x);
@@ -611,7 +627,7 @@ struct DecodeArgs {
   const uint8_t* pk;
   const uint8_t* pv;
   const int32_t* seqlens;
-  const __half* qh;   // [B, Hq, D] rotated query, times scale (and log2 e when no softcap)
+  const __half* qh;   // [B, Hq, D] rotated query, times scale (and log2 e when no softcap); from the pre-pass
   const __half* sqh;  // [B, Hq, m] S q_r times the same and sqrt(pi/2)/m
   const float* kcb;
   const float* vcb;
@@ -622,6 +638,14 @@ struct DecodeArgs {
   int lut_bytes;      // table bytes: kLutStride * max(2^(2 kbits), 2^(2 vbits))
   float softcap;
   int R;              // recent window: the rows end at past_len - R (the pre-pass reads the rest)
+  // selfq (v11): each block rotates its own G queries (randomized Hadamard, no QJL, no ring), there is
+  // no pre-pass; the inputs it reads:
+  int selfq, dtype, rotary, max_pos;
+  const void* q;      // T [B, Hq, D] the op's query (before RoPE)
+  const void* cosc;
+  const void* sinc;
+  const float* rot;   // the Hadamard's signs [D]
+  float qscale, inv_sqrt_d;
 };
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -917,14 +941,36 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
       }
   }
 
-  __syncthreads();  // tables built, mbarriers initialized
-  // Everything above reads inputs only (rows below past_len, codebooks); the rotated query (and its
-  // QJL sketch) is the pre-pass's output.
-  pdl_wait();
-  pdl_trigger();  // decode_combine_kernel may launch (its merge warps wait for this grid, its encode warps do not)
   // B fragments of the rotated query (and of its QJL sketch, m columns: m % 32 == 0, m <= 256).
   uint32_t qb[NB][2 * NU][2];
-  load_b_frags(a.qh + prow0 * D, D, a.G, r, t, qb);
+  if (a.selfq) {
+    // v11: warp h < G rotates query head h itself (no pre-pass launch to wait for), into the last
+    // stage's buffer, which the pipeline fills only after the first tile's barrier (decode_selfq
+    // checks that it holds G*D halves and G*D floats).
+    __half* qs = reinterpret_cast<__half*>(stages + (NST - 1) * a.stage_bytes);
+    float* qbuf = reinterpret_cast<float*>(qs + a.G * D) + warp * D;
+    if (warp < a.G) {
+      constexpr int E = (D + 31) / 32;
+      float x[E], qr[E];
+      decode_query<E, true>(a.q, a.cosc, a.sinc, a.rotary, a.max_pos, a.rot, a.inv_sqrt_d, a.qscale, prow0 + warp,
+                            past, D, lane, qbuf, x, qr, a.dtype);
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        if (e * 32 + lane < D) qs[warp * D + e * 32 + lane] = __float2half_rn(qr[e]);
+    }
+    __syncthreads();  // tables built, mbarriers initialized, queries rotated
+    load_b_frags(qs, D, a.G, r, t, qb);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // these generic accesses before the stage's bulk copy
+#endif
+  } else {
+    __syncthreads();  // tables built, mbarriers initialized
+    // Everything above reads inputs only (rows below past_len, codebooks); the rotated query (and its
+    // QJL sketch) is the pre-pass's output.
+    pdl_wait();
+    load_b_frags(a.qh + prow0 * D, D, a.G, r, t, qb);
+  }
+  pdl_trigger();  // decode_combine_kernel may launch (its merge warps wait for this grid, its encode warps do not)
   constexpr int NQU = QJL ? 8 : 1;
   uint32_t sb_[NB][2 * NQU][2];
   const int nqu = QJL ? a.m / 32 : 0;
@@ -1235,11 +1281,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
   }
 }
 
-// Decode step (S == 1) pre-pass (v5 fused prep_qk, two encodes and decode_prep into one launch; v10
-// moved the new rows' encode to the merge, encode_new_row): warps [0, B*Hq) rope + rotate the queries
-// (float copy for the merge, fp16 rotated query and QJL sketch for the split kernel), the next B*Hkv
-// warps rope the new keys (float copy for the merge); with a recent window, B*Hkv more blocks compute
-// the ring segment's partials.
+// Decode step (S == 1) pre-pass, where the split kernel does not rotate its queries itself (v11: dense
+// rotation, QJL or a recent window): warps [0, B*Hq) rope + rotate the queries (fp16 rotated query and
+// QJL sketch for the split kernel); with a recent window, B*Hkv more blocks compute the ring segment's
+// partials. (v5 fused prep_qk, the encodes and decode_prep into this launch; v10 moved the new rows'
+// encode and v11 the merge's float copies of q and k to decode_combine_kernel.)
 struct PreArgs {
   const void* q;
   const void* cosc;
@@ -1247,12 +1293,9 @@ struct PreArgs {
   const int32_t* seqlens;
   const float* rot;
   const float* S;
-  const void* k;
-  float* qf;
-  float* kf;
   __half* qh;
   __half* sqh;
-  int B, Hq, Hkv, d, Pp, use_qjl, m, rotary, max_pos;
+  int B, Hq, Hkv, d, Pp, use_qjl, m, rotary, max_pos, dtype;
   float qscale, inv_sqrt_d;
   // recent window (RING): B*Hkv more blocks, the exact partials of the ring segment
   const void* kr;
@@ -1467,36 +1510,24 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   __shared__ float bufs[4][256];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int w = blockIdx.x * 4 + warp;
-  const int BHq = a.B * a.Hq, BHk = a.B * a.Hkv;
+  const int BHq = a.B * a.Hq;
   if (RING) {
-    const int warp_blocks = (BHq + BHk + 3) / 4;
+    const int warp_blocks = (BHq + 3) / 4;
     if ((int)blockIdx.x >= warp_blocks) {
       extern __shared__ float4 pre_dyn4[];
       decode_ring_block<T>(a, blockIdx.x - warp_blocks, reinterpret_cast<uint8_t*>(pre_dyn4));
       return;
     }
   }
-  if (w >= BHq + BHk) return;
+  if (w >= BHq) return;
   const int d = a.d;
   float* buf = bufs[warp];
-  const bool query = w < BHq;
-  const int idx = query ? w : w - BHq;
-  const int b = idx / (query ? a.Hq : a.Hkv);
+  const int b = w / a.Hq;
   const int L = a.seqlens[b] + 1;
   const int past = L >= 1 && L <= a.Pp ? L - 1 : 0;
-  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
-  float x[E];
-  load_rope<T, E>(reinterpret_cast<const T*>(query ? a.q : a.k) + (int64_t)idx * d, reinterpret_cast<const T*>(a.cosc),
-                  reinterpret_cast<const T*>(a.sinc), a.rotary, pos, d, lane, buf, x);
-  float* xf = (query ? a.qf : a.kf) + (int64_t)idx * d;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    int i = e * 32 + lane;
-    if (i < d) xf[i] = x[e];
-  }
-  if (!query) return;
-  float qr[E];
-  rotate_fwd<E, HAD>(x, qr, a.rot, d, lane, buf, a.inv_sqrt_d);
+  float x[E], qr[E];
+  decode_query<E, HAD>(a.q, a.cosc, a.sinc, a.rotary, a.max_pos, a.rot, a.inv_sqrt_d, 1.f, w, past, d, lane, buf, x, qr,
+                       a.dtype);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     int i = e * 32 + lane;
@@ -1615,6 +1646,16 @@ static int choose_nsplit(const TqAttnParams* p) {
   return (int)ns;
 }
 
+// v11: the split kernel rotates its own queries (no pre-pass launch) for a randomized Hadamard
+// without QJL or recent window, where the last stage's buffer holds the G*D halves and G*D floats it
+// uses for that. TQ_CUDA_SELFQ=2 keeps the pre-pass (tuning knob).
+static bool decode_selfq(const TqAttnParams* p, const DecodeLayout& L) {
+  static const int forced = env_int("TQ_CUDA_SELFQ");
+  if (forced == 2) return false;
+  const int64_t G = p->Hq / p->Hkv;
+  return p->rot_rank == 1 && !p->use_qjl && p->recent_window == 0 && (int64_t)L.stage_bytes >= 6 * G * p->d;
+}
+
 static Workspace carve(const TqAttnParams* p, void* base) {
   Workspace w{};
   size_t off = 0;
@@ -1623,9 +1664,10 @@ static Workspace carve(const TqAttnParams* p, void* base) {
     off += al256(n);
     return base ? (void*)((char*)base + o) : nullptr;
   };
-  w.qf = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
-  w.kf = (float*)take(sizeof(float) * p->B * p->S * p->Hkv * p->d);
-  if (fast_path_ok(p)) {
+  if (!fast_path_ok(p)) {  // the simple path's float32 q and k (the fast path reads the inputs)
+    w.qf = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
+    w.kf = (float*)take(sizeof(float) * p->B * p->S * p->Hkv * p->d);
+  } else {
     int ns = choose_nsplit(p);
     w.qh = (__half*)take(sizeof(__half) * p->B * p->Hq * p->d);
     w.sqh = (__half*)take(sizeof(__half) * p->B * p->Hq * (p->use_qjl ? p->m : 1));
@@ -1652,9 +1694,11 @@ static size_t ring_block_smem(const TqAttnParams* p, int& tk) {
   return bytes(t);
 }
 
-// Launch with programmatic stream serialization (PDL) on sm_90+, a plain launch before.
+// Launch with programmatic stream serialization (PDL) on sm_90+ when `pdl` (not for the op's first
+// kernel: it must see everything before it on the stream), a plain launch otherwise.
 template <typename... Args>
-static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                      Args... args) {
   const int major = device_attr<cudaDevAttrComputeCapabilityMajor>(0);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
@@ -1666,7 +1710,7 @@ static int launch_pdl(void (*kern)(Args...), dim3 grid, dim3 block, size_t smem,
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   static const bool off = env_int("TQ_CUDA_NOPDL") != 0;  // tuning knob: plain launches
-  cfg.numAttrs = major >= 9 && !off ? 1 : 0;
+  cfg.numAttrs = pdl && major >= 9 && !off ? 1 : 0;
   return (int)cudaLaunchKernelEx(&cfg, kern, args...);
 }
 
@@ -1676,7 +1720,7 @@ static int launch_split(const DecodeArgs& da, int B, int Hkv, size_t smem, cudaS
   static int raised[64] = {0};
   const cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
   if (e != cudaSuccess) return (int)e;
-  return launch_pdl(kern, dim3(da.nsplit, Hkv, B), dim3(kDecodeWarps * 32), smem, stream, da);
+  return launch_pdl(kern, dim3(da.nsplit, Hkv, B), dim3(kDecodeWarps * 32), smem, stream, !da.selfq, da);
 }
 
 template <int D, bool BIGG>
@@ -1706,7 +1750,11 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
   if (fast_path_ok(p)) {
     const int ns = choose_nsplit(p);
     const float qscale = (float)aa.scale * (aa.softcap > 0.f ? 1.f : kLog2e);
-    {
+    const int ks = decode_ks(p);
+    DecodeLayout lay;
+    decode_layout(p, lay, ks);  // fits: fast_path_ok (ks = 1) or decode_ks
+    const bool selfq = HAD && !RING && decode_selfq(p, lay);
+    if (!selfq) {
       PreArgs pa{};
       pa.q = p->query;
       pa.cosc = p->cos_cache;
@@ -1714,9 +1762,6 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       pa.seqlens = p->seqlens_k;
       pa.rot = aa.rot;
       pa.S = p->use_qjl ? aa.qjl : nullptr;
-      pa.k = p->key;
-      pa.qf = ws.qf;
-      pa.kf = ws.kf;
       pa.qh = ws.qh;
       pa.sqh = ws.sqh;
       pa.B = aa.B;
@@ -1726,11 +1771,12 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       pa.Pp = aa.Pp;
       pa.use_qjl = aa.use_qjl;
       pa.m = aa.m;
-      pa.rotary = (int)p->do_rotary;
-      pa.max_pos = (int)p->max_pos;
+      pa.rotary = aa.rotary;
+      pa.max_pos = aa.max_pos;
+      pa.dtype = (int)p->dtype;
       pa.qscale = qscale;
       pa.inv_sqrt_d = aa.inv_sqrt_d;
-      int blocks = (int)((p->B * (p->Hq + p->Hkv) + 3) / 4);
+      int blocks = (int)((p->B * p->Hq + 3) / 4);
       size_t dyn = 0;
       if (RING) {
         pa.kr = aa.kr;
@@ -1748,9 +1794,10 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
         if (e != cudaSuccess) return (int)e;
       }
       decode_pre_kernel<T, E, HAD, RING><<<blocks, 128, dyn, stream>>>(pa);
+      const int rc = (int)cudaGetLastError();
+      if (rc) return rc;
     }
-    int rc = (int)cudaGetLastError();
-    if (rc) return rc;
+    int rc = 0;
     DecodeArgs da{};
     da.pk = aa.pk;
     da.pv = (const uint8_t*)aa.pv;
@@ -1774,9 +1821,16 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.nsplit = ns;
     da.softcap = aa.softcap;
     da.R = RING ? aa.R : 0;
-    const int ks = decode_ks(p);
-    DecodeLayout lay;
-    decode_layout(p, lay, ks);  // fits: fast_path_ok (ks = 1) or decode_ks
+    da.selfq = selfq ? 1 : 0;
+    da.dtype = (int)p->dtype;
+    da.rotary = aa.rotary;
+    da.max_pos = aa.max_pos;
+    da.q = p->query;
+    da.cosc = p->cos_cache;
+    da.sinc = p->sin_cache;
+    da.rot = aa.rot;
+    da.qscale = qscale;
+    da.inv_sqrt_d = aa.inv_sqrt_d;
     da.stage_bytes = lay.stage_bytes;
     da.nstages = lay.nstages;
     da.lut_bytes = lay.lut_bytes;
@@ -1797,7 +1851,7 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       fin.ring_ml = ws.ring_ml;
     }
     const int64_t warps = p->B * (2 * p->Hkv + p->Hq);  // new rows, then the merge's heads
-    return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, fin,
+    return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, true, fin,
                       (const float*)ws.part_o, (const float*)ws.part_ml, ns, (int)p->dtype, HAD ? 1 : 0);
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
@@ -1910,6 +1964,7 @@ static int run_attention(const TqAttnParams* p, void* wsp, cudaStream_t stream, 
   aa.qf = ws.qf;
   aa.kf = ws.kf;
   aa.value = p->value;
+  aa.query = p->query;
   aa.key = p->key;
   aa.cosc = p->cos_cache;
   aa.sinc = p->sin_cache;
