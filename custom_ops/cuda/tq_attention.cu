@@ -417,6 +417,20 @@ __device__ __forceinline__ void load_rope(const T* src, const T* cosc, const T* 
   __syncwarp();
 }
 
+// Programmatic dependent launch (sm_90+; no-ops before): the decode step's kernels (two or three)
+// overlap each one's launch and prologue with the previous one's tail. pdl_wait: the previous grid has
+// completed and its memory is visible; pdl_trigger: the next grid may launch.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Element i of a tensor of run-time dtype dt (DType), as float / from float (rounded to nearest).
 __device__ __forceinline__ float load_dt(const void* p, int64_t i, int dt) {
   if (dt == kF16) return __half2float(reinterpret_cast<const __half*>(p)[i]);
@@ -503,8 +517,9 @@ __device__ __forceinline__ void encode_new_row(const AttnArgs& a, int b, int g, 
 }
 
 // Query head w = b * Hq + h (one warp): merge the splits' partials, rotate back, add the new token
-// exactly, normalize, write the output (and the new token's ring slot). Run by decode_combine_kernel
-// after the grid dependency on the split kernel; the partials are read through L2 (__ldcg).
+// exactly, normalize, write the output (and the new token's ring slot). Run by decode_combine_kernel;
+// waits for the split kernel (grid dependency) after the part that reads inputs only, then reads the
+// partials through L2 (__ldcg).
 // buf: 256 floats, wts: nsplit <= 512 floats (choose_nsplit), this warp's shared memory. The output
 // dtype (dt) and the rotation's kind (had) are run-time values (one instantiation per E).
 template <int E>
@@ -517,19 +532,32 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   const int64_t ob = (int64_t)w * d;
   int L, past, nvalid;
   if (!batch_geometry(a.seqlens, b, 1, a.Pp, L, past, nvalid)) {
+    pdl_wait();  // every merge warp waits: this grid completes after the split kernel
     for (int c = lane; c < d; c += 32) store_dt(a.out, ob + c, __int_as_float(0x7fc00000), dt);
     return;
   }
-  // Everything the merge reads, in flight at once (v9; was four dependent rounds): the new token's
-  // value, the ring partial, the first kP splits' partial vectors and the splits' (m, l).
+  // v11: what depends on the inputs only, before the wait for the split kernel: the new token's value,
+  // and its score from the query and key after RoPE (exact, float32).
   const int64_t vb = ((int64_t)b * a.Hkv + g) * d;  // the new value in a.value
-  const float* po = part_o + (int64_t)w * nsplit * d;
   float qv[E], kv[E], vv[E], rv[E], pre[kP][E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) vv[e] = e * 32 + lane < d ? load_dt(a.value, vb + e * 32 + lane, dt) : 0.f;
+  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
+  load_rope_dt<E>(static_cast<const uint8_t*>(a.query) + (int64_t)w * d * (dt == kF32 ? 4 : 2), a.cosc, a.sinc,
+                  a.rotary, pos, d, lane, buf, qv, dt);
+  load_new_key<E>(a, b, g, past, lane, buf, kv, dt);
+  float dot = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) dot += qv[e] * kv[e];
+  const float sn = softcap_f(warp_sum(dot) * a.scale, a.softcap) * kLog2e;
+  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's ring partial)
+  // Everything the merge reads, in flight at once (v9; was four dependent rounds): the ring partial,
+  // the first kP splits' partial vectors and the splits' (m, l).
+  const float* po = part_o + (int64_t)w * nsplit * d;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int c = e * 32 + lane;
     const bool in = c < d;
-    vv[e] = in ? load_dt(a.value, vb + c, dt) : 0.f;
     rv[e] = in && RING ? a.ring_o[ob + c] : 0.f;
 #pragma unroll
     for (int s = 0; s < kP; ++s) pre[s][e] = in && s < nsplit ? __ldcg(po + (int64_t)s * d + c) : 0.f;
@@ -537,11 +565,6 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   float2 ml0 = make_float2(-INFINITY, 0.f);
   if (lane < nsplit) ml0 = __ldcg(reinterpret_cast<const float2*>(part_ml) + (int64_t)w * nsplit + lane);
   const float2 mlr = RING ? *reinterpret_cast<const float2*>(a.ring_ml + (int64_t)w * 2) : make_float2(-INFINITY, 0.f);
-  // The new token's query and key after RoPE (exact, float32), from the inputs, while the loads above fly.
-  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
-  load_rope_dt<E>(static_cast<const uint8_t*>(a.query) + (int64_t)w * d * (dt == kF32 ? 4 : 2), a.cosc, a.sinc,
-                  a.rotary, pos, d, lane, buf, qv, dt);
-  load_new_key<E>(a, b, g, past, lane, buf, kv, dt);
   float M = ml0.x;
   for (int s = lane + 32; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + ((int64_t)w * nsplit + s) * 2));
   M = fmaxf(warp_max(M), mlr.x);
@@ -577,10 +600,6 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   if (had) rotate_inv<E, true>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
   else rotate_inv<E, false>(o, x, a.rot, d, lane, buf, a.inv_sqrt_d);
   // New token (position past), exact.
-  float dot = 0.f;
-#pragma unroll
-  for (int e = 0; e < E; ++e) dot += qv[e] * kv[e];
-  const float sn = softcap_f(warp_sum(dot) * a.scale, a.softcap) * kLog2e;
   const float Mf = fmaxf(M, sn);
   const float fo = exp2f(M - Mf), fn = exp2f(sn - Mf);
   const float il = 1.f / (l * fo + fn);
@@ -668,20 +687,6 @@ __device__ __forceinline__ void cp_async4(void* s, const void* g) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// Programmatic dependent launch (sm_90+; no-ops before): the decode step's three kernels overlap
-// each one's launch and prologue with the previous one's tail. pdl_wait: the previous grid has
-// completed and its memory is visible; pdl_trigger: the next grid may launch.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 // Copy global bytes [g, g+nbytes) (g 4-byte aligned) so that byte x lands at
 // sbuf + (x - (g & ~15)); returns the offset of g inside sbuf.
@@ -829,8 +834,7 @@ __global__ void __launch_bounds__(128) decode_combine_kernel(AttnArgs a, const f
     encode_new_row<E>(a, (w % nk) / a.Hkv, w % a.Hkv, w >= nk, lane, bufs[warp], dt, had != 0);
     return;
   }
-  pdl_wait();  // the split kernel's partials (and, through it, the pre-pass's outputs)
-  if (w - 2 * nk < a.B * a.Hq)
+  if (w - 2 * nk < a.B * a.Hq)  // it waits for the split kernel's partials once its input-only part is done
     combine_head<E>(a, part_o, part_ml, nsplit, w - 2 * nk, lane, bufs[warp], bufs[warp] + 256, dt, had != 0);
 }
 

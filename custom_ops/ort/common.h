@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tq::ort {
@@ -36,6 +37,12 @@ struct Input {
   std::string desc() const;  // "'name' (float32 [2, 3])"
   [[noreturn]] void fail_expected(const std::string& expected) const;
   void require(bool ok, const std::string& expected) const { if (!ok) fail_expected(expected); }
+  void require(bool ok, const char* expected) const { if (!ok) fail_expected(expected); }
+  // The message built only on failure (the per-step ops check every input on every call).
+  template <typename F, typename = decltype(std::declval<F&>()())>
+  void require(bool ok, F&& expected) const {
+    if (!ok) fail_expected(expected());
+  }
   void require_type(ElemType t) const;
 };
 

@@ -70,7 +70,7 @@ int qjl_rows(const Input& qjl, int d, bool use_qjl) {
   qjl.require(qjl.present, "a float32 [m, d] matrix (use_qjl=1)");
   qjl.require_type(kF32);
   qjl.require(qjl.rank() == 2 && qjl.dim(1) == d && qjl.dim(0) >= 1 && qjl.dim(0) <= 256,
-              "[m, " + str(d) + "] with 1 <= m <= 256");
+              [&] { return "[m, " + str(d) + "] with 1 <= m <= 256"; });
   return int(qjl.dim(0));
 }
 
@@ -238,25 +238,26 @@ struct AttentionKernel {
       in[kValueCb].fail_expected("2^value_bits entries (value_bits=" + str(value_bits_) + ")");
     const int m = qjl_rows(in[kQjl], d, use_qjl_ != 0);
     q.require(q.type == kF32 || q.type == kF16 || q.type == kBF16, "dtype float32, float16 or bfloat16");
-    q.require(q.rank() == 3 && q.dim(2) == hq_ * d, "shape [B, S, " + str(hq_) + "*" + str(d) + "]");
+    q.require(q.rank() == 3 && q.dim(2) == hq_ * d, [&] { return "shape [B, S, " + str(hq_) + "*" + str(d) + "]"; });
     const int64_t B = q.dim(0), S = q.dim(1);
     for (const Input* x : {&k, &v}) {
-      x->require(x->type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (the query's)");
+      x->require(x->type == q.type, [&] { return std::string("dtype ") + ort::type_name(q.type) + " (the query's)"; });
       x->require(x->rank() == 3 && x->dim(0) == B && x->dim(1) == S && x->dim(2) == hkv_ * d,
-                 "shape [" + str(B) + ", " + str(S) + ", " + str(hkv_ * d) + "]");
+                 [&] { return "shape [" + str(B) + ", " + str(S) + ", " + str(hkv_ * d) + "]"; });
     }
     const int Rk = tq_cuda_row_bytes(d, kb, int(use_qjl_), m);
     pk.require_type(kU8);
     pk.require(pk.rank() == 4 && pk.dim(0) == B && pk.dim(1) == hkv_ && pk.dim(3) == Rk,
-               "uint8 [" + str(B) + ", " + str(hkv_) + ", P, " + str(Rk) + "]");
+               [&] { return "uint8 [" + str(B) + ", " + str(hkv_) + ", P, " + str(Rk) + "]"; });
     const int64_t P = pk.dim(2);
     const int64_t Rv = keys_only ? d : tq_cuda_row_bytes(d, vb, 0, 0);
-    if (keys_only) pv.require(pv.type == q.type, std::string("dtype ") + ort::type_name(q.type) + " (value_bits=0)");
+    if (keys_only)
+      pv.require(pv.type == q.type, [&] { return std::string("dtype ") + ort::type_name(q.type) + " (value_bits=0)"; });
     else pv.require_type(kU8);
     pv.require(pv.rank() == 4 && pv.dim(0) == B && pv.dim(1) == hkv_ && pv.dim(2) == P && pv.dim(3) == Rv,
-               "[" + str(B) + ", " + str(hkv_) + ", " + str(P) + ", " + str(Rv) + "]");
+               [&] { return "[" + str(B) + ", " + str(hkv_) + ", " + str(P) + ", " + str(Rv) + "]"; });
     sl.require_type(kI32);
-    sl.require(sl.rank() == 1 && sl.dim(0) == B, "int32 [" + str(B) + "]");
+    sl.require(sl.rank() == 1 && sl.dim(0) == B, [&] { return "int32 [" + str(B) + "]"; });
     tot.require_type(kI32);
     tot.require(tot.numel() == 1 && tot.rank() <= 1, "a scalar or [1] (on the CPU)");
     const int64_t total = *tot.ptr<int32_t>();
@@ -267,7 +268,7 @@ struct AttentionKernel {
       for (int c : {kCos, kSin}) {
         const Input& cs = in[c];
         cs.require(cs.present && cs.type == q.type && cs.rank() == 2 && cs.dim(1) == d / 2,
-                   std::string(ort::type_name(q.type)) + " [max_pos, " + str(d / 2) + "] (do_rotary=1)");
+                   [&] { return std::string(ort::type_name(q.type)) + " [max_pos, " + str(d / 2) + "] (do_rotary=1)"; });
       }
       max_pos = in[kCos].dim(0);
     }
