@@ -467,18 +467,29 @@ __device__ __forceinline__ void load_new_key(const AttnArgs& a, int b, int g, in
   load_rope_dt<E>(static_cast<const uint8_t*>(a.key) + off, a.cosc, a.sinc, a.rotary, pos, a.d, lane, buf, x, dt);
 }
 
-// Query head w = b * Hq + h of a decode step, after RoPE (x), and rotated and scaled (qr = scale * R x):
+// The decode step's query inputs as the query rotation reads them (decode_query): carried by the
+// pre-pass and, when it rotates its own queries (v11), by the split kernel.
+struct QueryArgs {
+  const void* q;        // T [B, Hq, d], before RoPE
+  const void* cosc;     // T [max_pos, d/2] when rotary
+  const void* sinc;
+  const float* rot;     // the rotation: Hadamard signs [d] or R [d, d]
+  int rotary, max_pos, dtype;
+  float qscale;         // scale, times log2 e without softcap
+  float inv_sqrt_d;     // the Hadamard's normalization (1 for a dense R)
+};
+
+// Query head w = b * Hq + h of a decode step, after RoPE (x), and rotated (qr = R x, times `scale`):
 // the pre-pass's query warps and decode_split_kernel's own (v11) compute it the same way.
 template <int E, bool HAD>
-__device__ __forceinline__ void decode_query(const void* q, const void* cosc, const void* sinc, int rotary, int max_pos,
-                                             const float* rot, float inv_sqrt_d, float qscale, int64_t w, int past,
-                                             int d, int lane, float* buf, float (&x)[E], float (&qr)[E], int dt) {
-  const int pos = rotary ? min(max(past, 0), max_pos - 1) : past;
-  load_rope_dt<E>(static_cast<const uint8_t*>(q) + w * d * (dt == kF32 ? 4 : 2), cosc, sinc, rotary, pos, d, lane, buf,
-                  x, dt);
-  rotate_fwd<E, HAD>(x, qr, rot, d, lane, buf, inv_sqrt_d);
+__device__ __forceinline__ void decode_query(const QueryArgs& a, float scale, int64_t w, int past, int d, int lane,
+                                             float* buf, float (&x)[E], float (&qr)[E]) {
+  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
+  load_rope_dt<E>(static_cast<const uint8_t*>(a.q) + w * d * (a.dtype == kF32 ? 4 : 2), a.cosc, a.sinc, a.rotary, pos,
+                  d, lane, buf, x, a.dtype);
+  rotate_fwd<E, HAD>(x, qr, a.rot, d, lane, buf, a.inv_sqrt_d);
 #pragma unroll
-  for (int e = 0; e < E; ++e) qr[e] *= qscale;
+  for (int e = 0; e < E; ++e) qr[e] *= scale;
 }
 
 // Encodes the new token's key (value = false) or value of (b, kv head g) into present row past_len
@@ -659,12 +670,8 @@ struct DecodeArgs {
   int R;              // recent window: the rows end at past_len - R (the pre-pass reads the rest)
   // selfq (v11): each block rotates its own G queries (randomized Hadamard, no QJL, no ring), there is
   // no pre-pass; the inputs it reads:
-  int selfq, dtype, rotary, max_pos;
-  const void* q;      // T [B, Hq, D] the op's query (before RoPE)
-  const void* cosc;
-  const void* sinc;
-  const float* rot;   // the Hadamard's signs [D]
-  float qscale, inv_sqrt_d;
+  int selfq;
+  QueryArgs qa;
 };
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -956,8 +963,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
     if (warp < a.G) {
       constexpr int E = (D + 31) / 32;
       float x[E], qr[E];
-      decode_query<E, true>(a.q, a.cosc, a.sinc, a.rotary, a.max_pos, a.rot, a.inv_sqrt_d, a.qscale, prow0 + warp,
-                            past, D, lane, qbuf, x, qr, a.dtype);
+      decode_query<E, true>(a.qa, a.qa.qscale, prow0 + warp, past, D, lane, qbuf, x, qr);
 #pragma unroll
       for (int e = 0; e < E; ++e)
         if (e * 32 + lane < D) qs[warp * D + e * 32 + lane] = __float2half_rn(qr[e]);
@@ -1291,16 +1297,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
 // partials. (v5 fused prep_qk, the encodes and decode_prep into this launch; v10 moved the new rows'
 // encode and v11 the merge's float copies of q and k to decode_combine_kernel.)
 struct PreArgs {
-  const void* q;
-  const void* cosc;
-  const void* sinc;
+  QueryArgs qa;
   const int32_t* seqlens;
-  const float* rot;
   const float* S;
   __half* qh;
   __half* sqh;
-  int B, Hq, Hkv, d, Pp, use_qjl, m, rotary, max_pos, dtype;
-  float qscale, inv_sqrt_d;
+  int B, Hq, Hkv, d, Pp, use_qjl, m;
   // recent window (RING): B*Hkv more blocks, the exact partials of the ring segment
   const void* kr;
   const void* vr;
@@ -1395,9 +1397,9 @@ __device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint
   const int rowg = rowb / 16;
   if (nr > 0) ring_stage<T>(kring, vring, Ks, Vs, kstride, rowb, d, a.R, r0, min(TK, nr), vec);  // in flight meanwhile
   int pos = past;
-  if (a.rotary) pos = min(max(pos, 0), a.max_pos - 1);
+  if (a.qa.rotary) pos = min(max(pos, 0), a.qa.max_pos - 1);
   const int half = d / 2;
-  const T* qsrc = reinterpret_cast<const T*>(a.q) + ((int64_t)b * a.Hq + (int64_t)g * G) * d;
+  const T* qsrc = reinterpret_cast<const T*>(a.qa.q) + ((int64_t)b * a.Hq + (int64_t)g * G) * d;
   constexpr int kQ = 8;  // query elements per thread in flight at once (v2 loaded them one by one)
   for (int x0 = tid; x0 < Gd; x0 += nt * kQ) {
     float v[kQ];
@@ -1409,9 +1411,9 @@ __device__ __forceinline__ void decode_ring_block(const PreArgs& a, int bg, uint
         const int h = x / d, c = x - h * d;
         const T* src = qsrc + (int64_t)h * d;
         v[k] = to_f<T>(__ldg(src + c));
-        if (a.rotary) {
-          const T* cs = reinterpret_cast<const T*>(a.cosc);
-          const T* sn = reinterpret_cast<const T*>(a.sinc);
+        if (a.qa.rotary) {
+          const T* cs = reinterpret_cast<const T*>(a.qa.cosc);
+          const T* sn = reinterpret_cast<const T*>(a.qa.sinc);
           const int cc = c < half ? c : c - half;
           const float co = to_f<T>(__ldg(cs + (int64_t)pos * half + cc)), si = to_f<T>(__ldg(sn + (int64_t)pos * half + cc));
           const float o = to_f<T>(__ldg(src + (c < half ? c + half : c - half)));
@@ -1530,12 +1532,11 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
   const int L = a.seqlens[b] + 1;
   const int past = L >= 1 && L <= a.Pp ? L - 1 : 0;
   float x[E], qr[E];
-  decode_query<E, HAD>(a.q, a.cosc, a.sinc, a.rotary, a.max_pos, a.rot, a.inv_sqrt_d, 1.f, w, past, d, lane, buf, x, qr,
-                       a.dtype);
+  decode_query<E, HAD>(a.qa, 1.f, w, past, d, lane, buf, x, qr);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     int i = e * 32 + lane;
-    if (i < d) a.qh[(int64_t)w * d + i] = __float2half_rn(qr[e] * a.qscale);
+    if (i < d) a.qh[(int64_t)w * d + i] = __float2half_rn(qr[e] * a.qa.qscale);
   }
   if (a.use_qjl) {
 #pragma unroll
@@ -1548,7 +1549,7 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
     for (int j = lane; j < a.m; j += 32) {
       float acc = 0.f;
       for (int k = 0; k < d; ++k) acc += __ldg(a.S + (size_t)j * d + k) * buf[k];
-      a.sqh[(int64_t)w * a.m + j] = __float2half_rn(acc * qc * a.qscale);
+      a.sqh[(int64_t)w * a.m + j] = __float2half_rn(acc * qc * a.qa.qscale);
     }
   }
 }
@@ -1758,13 +1759,20 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     DecodeLayout lay;
     decode_layout(p, lay, ks);  // fits: fast_path_ok (ks = 1) or decode_ks
     const bool selfq = HAD && !RING && decode_selfq(p, lay);
+    QueryArgs qa{};
+    qa.q = p->query;
+    qa.cosc = p->cos_cache;
+    qa.sinc = p->sin_cache;
+    qa.rot = aa.rot;
+    qa.rotary = aa.rotary;
+    qa.max_pos = aa.max_pos;
+    qa.dtype = (int)p->dtype;
+    qa.qscale = qscale;
+    qa.inv_sqrt_d = aa.inv_sqrt_d;
     if (!selfq) {
       PreArgs pa{};
-      pa.q = p->query;
-      pa.cosc = p->cos_cache;
-      pa.sinc = p->sin_cache;
+      pa.qa = qa;
       pa.seqlens = p->seqlens_k;
-      pa.rot = aa.rot;
       pa.S = p->use_qjl ? aa.qjl : nullptr;
       pa.qh = ws.qh;
       pa.sqh = ws.sqh;
@@ -1775,11 +1783,6 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
       pa.Pp = aa.Pp;
       pa.use_qjl = aa.use_qjl;
       pa.m = aa.m;
-      pa.rotary = aa.rotary;
-      pa.max_pos = aa.max_pos;
-      pa.dtype = (int)p->dtype;
-      pa.qscale = qscale;
-      pa.inv_sqrt_d = aa.inv_sqrt_d;
       int blocks = (int)((p->B * p->Hq + 3) / 4);
       size_t dyn = 0;
       if (RING) {
@@ -1826,15 +1829,7 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     da.softcap = aa.softcap;
     da.R = RING ? aa.R : 0;
     da.selfq = selfq ? 1 : 0;
-    da.dtype = (int)p->dtype;
-    da.rotary = aa.rotary;
-    da.max_pos = aa.max_pos;
-    da.q = p->query;
-    da.cosc = p->cos_cache;
-    da.sinc = p->sin_cache;
-    da.rot = aa.rot;
-    da.qscale = qscale;
-    da.inv_sqrt_d = aa.inv_sqrt_d;
+    da.qa = qa;
     da.stage_bytes = lay.stage_bytes;
     da.nstages = lay.nstages;
     da.lut_bytes = lay.lut_bytes;
