@@ -1191,6 +1191,23 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 1) decode_split_kernel(Deco
           TQ_VENT(2)
           TQ_VENT(3)
 #undef TQ_VENT
+        } else if (VB == 3) {
+          // v13: the 3-bit codes of two keys interleaved by masks (was per entry: two shifts, two ANDs,
+          // a shift and OR, a shift and OR). e0 holds (code_a | code_b << 3) of coordinates 0, 2, 4, 6
+          // of the chunk in 6-bit fields at bit 8 + 6k, e1 those of 1, 3, 5, 7; an entry is then one
+          // shift and one LOP3.
+          constexpr uint32_t kM = 0x001C71C7u;  // 3-bit groups 0, 2, 4, 6
+          auto pairs = [&](uint32_t xa, uint32_t xb, uint32_t& e0, uint32_t& e1) {
+            e0 = ((xa & kM) | ((xb & kM) << 3)) << 8;
+            e1 = (((xa >> 3) & kM) | (xb & (kM << 3))) << 8;
+          };
+          uint32_t e[4];
+          pairs(x[0], x[1], e[0], e[1]);
+          pairs(x[2], x[3], e[2], e[3]);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) av[j][q] = ((e[q] >> (6 * j)) & 0x3F00u) | lane4;
         } else {
           auto ent = [&](uint32_t xa, uint32_t xb, int c) -> uint32_t {
             return ((((xa >> (vb * c)) & vmask) | (((xb >> (vb * c)) & vmask) << vb)) << 8) | lane4;

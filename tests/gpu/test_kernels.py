@@ -518,7 +518,8 @@ def attention_cases(quick):
     i = 0
     # decode step (S = 1): fast path and the simple kernel on the same inputs
     for d in DIMS:
-        for kb, vb, q in ((4, 4, False), (3, 3, False), (2, 4, False), (3, 4, True), (1, 2, False), (4, 2, True)):
+        for kb, vb, q in ((4, 4, False), (3, 3, False), (4, 3, False), (2, 4, False), (3, 4, True), (1, 2, False),
+                          (4, 2, True)):
             i += 1
             g = G[i % len(G)]
             hkv = 2 if g != 16 else 1
@@ -536,9 +537,9 @@ def attention_cases(quick):
     yield dict(B=2, S=1, Hq=12, Hkv=4, d=96, kb=3, vb=3, qjl=True, dtype="bfloat16", dense=True, shared=False,
                past_lens=[33, 70], rotary=True, seed=51)
     # long contexts (many tiles and splits), GQA 4
-    for d, kb, vb in ((128, 4, 4), (128, 3, 3), (64, 4, 4)):
+    for d, kb, vb in ((128, 4, 4), (128, 3, 3), (128, 4, 3), (64, 4, 4)):
         yield dict(B=2, S=1, Hq=32, Hkv=8, d=d, kb=kb, vb=vb, dtype="float16", shared=True,
-                   past_lens=[3001, 4500], seed=100 + kb)
+                   past_lens=[3001, 4500], seed=100 + kb + vb)
     if quick:
         yield dict(B=3, S=6, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=False, past_lens=[0, 20, -2],
                    rotary=True, seed=7)
