@@ -31,8 +31,10 @@ struct AttnArgs {
   const float* qf;        // [B, S, Hq, d] float32 (after RoPE)
   const float* kf;        // [B, S, Hkv, d]
   const void* value;      // T [B, S, Hkv, d]
-  const void* query;      // T [B, S, Hq, d] before RoPE (the fast path's merge reads the inputs, qf/kf are the
-  const void* key;        // T [B, S, Hkv, d]  simple path's; the new key is encoded from `key`)
+  // the inputs before RoPE: the fast path reads these (the merge, the new rows' encode), qf/kf are the
+  // simple path's float32 copies
+  const void* query;      // T [B, S, Hq, d]
+  const void* key;        // T [B, S, Hkv, d]
   const void* cosc;       // T [max_pos, d/2] when rotary
   const void* sinc;
   int rotary, max_pos;
@@ -443,10 +445,15 @@ __device__ __forceinline__ void store_dt(void* p, int64_t i, float v, int dt) {
   else reinterpret_cast<float*>(p)[i] = v;
 }
 
-// load_rope for a tensor of run-time dtype dt (the merge's template does not carry T).
+// Row `row` of a T [*, d] tensor of run-time dtype dt (the merge's template does not carry T), after
+// exact RoPE at the decode token's position `past` when rotary (clamped to the cos/sin table). The
+// fast path's one place for that position and the row's address.
 template <int E>
-__device__ __forceinline__ void load_rope_dt(const void* src, const void* cosc, const void* sinc, int rotary, int pos,
-                                             int d, int lane, float* buf, float (&x)[E], int dt) {
+__device__ __forceinline__ void load_rope_dt(const void* base, int64_t row, const void* cosc, const void* sinc,
+                                             int rotary, int max_pos, int past, int d, int lane, float* buf,
+                                             float (&x)[E], int dt) {
+  const int pos = rotary ? min(max(past, 0), max_pos - 1) : past;
+  const void* src = static_cast<const uint8_t*>(base) + row * d * (dt == kF32 ? 4 : 2);
   if (dt == kF16)
     load_rope<__half, E>(static_cast<const __half*>(src), static_cast<const __half*>(cosc),
                          static_cast<const __half*>(sinc), rotary, pos, d, lane, buf, x);
@@ -456,15 +463,6 @@ __device__ __forceinline__ void load_rope_dt(const void* src, const void* cosc, 
   else
     load_rope<float, E>(static_cast<const float*>(src), static_cast<const float*>(cosc),
                         static_cast<const float*>(sinc), rotary, pos, d, lane, buf, x);
-}
-
-// The new token's key (after RoPE) of (b, kv head g), exact, from the op's input (decode step: S = 1).
-template <int E>
-__device__ __forceinline__ void load_new_key(const AttnArgs& a, int b, int g, int past, int lane, float* buf,
-                                             float (&x)[E], int dt) {
-  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
-  const int64_t off = ((int64_t)b * a.Hkv + g) * a.d * (dt == kF32 ? 4 : 2);
-  load_rope_dt<E>(static_cast<const uint8_t*>(a.key) + off, a.cosc, a.sinc, a.rotary, pos, a.d, lane, buf, x, dt);
 }
 
 // The decode step's query inputs as the query rotation reads them (decode_query): carried by the
@@ -484,9 +482,7 @@ struct QueryArgs {
 template <int E, bool HAD>
 __device__ __forceinline__ void decode_query(const QueryArgs& a, float scale, int64_t w, int past, int d, int lane,
                                              float* buf, float (&x)[E], float (&qr)[E]) {
-  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
-  load_rope_dt<E>(static_cast<const uint8_t*>(a.q) + w * d * (a.dtype == kF32 ? 4 : 2), a.cosc, a.sinc, a.rotary, pos,
-                  d, lane, buf, x, a.dtype);
+  load_rope_dt<E>(a.q, w, a.cosc, a.sinc, a.rotary, a.max_pos, past, d, lane, buf, x, a.dtype);
   rotate_fwd<E, HAD>(x, qr, a.rot, d, lane, buf, a.inv_sqrt_d);
 #pragma unroll
   for (int e = 0; e < E; ++e) qr[e] *= scale;
@@ -510,11 +506,8 @@ __device__ __forceinline__ void encode_new_row(const AttnArgs& a, int b, int g, 
   if (lane < K) cb[lane] = cbg[lane];
   if (lane < K - 1) bnd[lane] = __fmul_rn(__fadd_rn(cbg[lane], cbg[lane + 1]), 0.5f);
   float x[E], sgn[E];
-  if (value)
-    load_rope_dt<E>(static_cast<const uint8_t*>(a.value) + ((int64_t)b * a.Hkv + g) * a.d * (dt == kF32 ? 4 : 2),
-                    nullptr, nullptr, 0, 0, a.d, lane, buf, x, dt);
-  else
-    load_new_key<E>(a, b, g, past, lane, buf, x, dt);
+  load_rope_dt<E>(value ? a.value : a.key, (int64_t)b * a.Hkv + g, a.cosc, a.sinc, value ? 0 : a.rotary, a.max_pos,
+                  past, a.d, lane, buf, x, dt);
 #pragma unroll
   for (int e = 0; e < E; ++e) sgn[e] = (had && e * 32 + lane < a.d) ? a.rot[e * 32 + lane] : 0.f;
   __syncwarp();  // the codebook and boundaries
@@ -553,10 +546,8 @@ __device__ __forceinline__ void combine_head(const AttnArgs& a, const float* par
   float qv[E], kv[E], vv[E], rv[E], pre[kP][E];
 #pragma unroll
   for (int e = 0; e < E; ++e) vv[e] = e * 32 + lane < d ? load_dt(a.value, vb + e * 32 + lane, dt) : 0.f;
-  const int pos = a.rotary ? min(max(past, 0), a.max_pos - 1) : past;
-  load_rope_dt<E>(static_cast<const uint8_t*>(a.query) + (int64_t)w * d * (dt == kF32 ? 4 : 2), a.cosc, a.sinc,
-                  a.rotary, pos, d, lane, buf, qv, dt);
-  load_new_key<E>(a, b, g, past, lane, buf, kv, dt);
+  load_rope_dt<E>(a.query, w, a.cosc, a.sinc, a.rotary, a.max_pos, past, d, lane, buf, qv, dt);
+  load_rope_dt<E>(a.key, (int64_t)b * a.Hkv + g, a.cosc, a.sinc, a.rotary, a.max_pos, past, d, lane, buf, kv, dt);
   float dot = 0.f;
 #pragma unroll
   for (int e = 0; e < E; ++e) dot += qv[e] * kv[e];
@@ -1611,8 +1602,7 @@ static bool decode_layout(const TqAttnParams* p, DecodeLayout& L, int ks) {
   L.stage_bytes = kspan + vspan;
   L.lut_bytes = kLutStride * (1 << (2 * (kb > vb ? kb : vb)));
   const size_t G = (size_t)(p->Hq / p->Hkv), nmt = 4 * (size_t)((d + 63) / 64), nb = G > 8 ? 2 : 1;
-  const size_t warps_merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);
-  const size_t merge = warps_merge;
+  const size_t merge = sizeof(float) * (kDecodeWarps / 2) * 32 * nb * (nmt * 4 + 4);  // the warps' tree merge
   const size_t fixed = (size_t)L.lut_bytes + (p->use_qjl ? kQjlLutBytes : 0) + kMbarBytes;
   static const int max_stages = env_int("TQ_CUDA_STAGES") == 2 ? 2 : 3;
   for (int nst = max_stages; nst >= 2; --nst) {
@@ -1913,7 +1903,7 @@ static int run_attention(const TqAttnParams* p, void* wsp, cudaStream_t stream, 
   const int d = (int)p->d;
   const int Rk = row_bytes(d, (int)p->key_bits, (int)p->use_qjl, (int)p->m);
   const int Rv = p->value_bits ? row_bytes(d, (int)p->value_bits, 0, 0) : d * (int)sizeof(T);
-  const bool fast = fast_path_ok(p);  // S == 1: the pre-pass is fused into decode_pre_kernel
+  const bool fast = fast_path_ok(p);  // S == 1: steps 1-2 are folded into the decode kernels
   // 1. q, k -> float32 (+ RoPE).
   if (!fast) {
     int64_t total = p->B * p->S * (p->Hq + p->Hkv) * p->d;

@@ -531,7 +531,7 @@ def attention_cases(quick):
             yield dict(base)
             if not quick and i % 2 == 0:
                 yield dict(base, force=1)
-    # decode step with RoPE (the fused pre-pass ropes, encodes and rotates in one launch)
+    # decode step with RoPE (queries roped by the split kernel or, dense + QJL, by the pre-pass; keys by the merge)
     yield dict(B=3, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=True, past_lens=[0, 17, 140],
                rotary=True, seed=50)
     yield dict(B=2, S=1, Hq=12, Hkv=4, d=96, kb=3, vb=3, qjl=True, dtype="bfloat16", dense=True, shared=False,
