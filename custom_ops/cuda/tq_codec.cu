@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "tq_codec.cuh"
+#include "tq_encode_fast.cuh"
 
 namespace tq {
 namespace cuda {
@@ -29,9 +30,58 @@ static int run_encode_t(const Tin* x, int64_t n, int d, const float* rot, const 
   return 0;
 }
 
+template <typename Tin, int D, int BITS>
+static int run_encode_fast_t(const Tin* x, int64_t n, const float* rot, const float* cb, const RowSink& sink,
+                             cudaStream_t stream, const char** msg) {
+  auto kern = encode_fast_kernel<Tin, D, BITS>;
+  constexpr size_t smem = fast_encode_smem_bytes<Tin, D>();
+  static int raised[64] = {0}, resident[64] = {0};
+  cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
+  if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int* res = &resident[dev >= 0 && dev < 64 ? dev : 0];
+  if (!*res) {  // blocks per SM, queried once per device
+    int b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kern, kFastEncWarps * 32, smem) != cudaSuccess) b = 1;
+    *res = b > 0 ? b : 1;
+  }
+  const int64_t tiles = (n + FastEncLayout<Tin, D>::VPW - 1) / FastEncLayout<Tin, D>::VPW;
+  int64_t blocks = (tiles + kFastEncWarps - 1) / kFastEncWarps;
+  const int64_t cap = (int64_t)num_sms() * *res;
+  if (blocks > cap) blocks = cap;
+  kern<<<(unsigned)blocks, kFastEncWarps * 32, smem, stream>>>(x, n, rot, cb, sink, (float)(1.0 / sqrt((double)D)));
+  e = cudaGetLastError();
+  if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
+  return 0;
+}
+
+template <typename Tin, int D>
+static int run_encode_fast_d(const Tin* x, int64_t n, const float* rot, const float* cb, int bits,
+                             const RowSink& sink, cudaStream_t stream, const char** msg) {
+  switch (bits) {
+    case 2: return run_encode_fast_t<Tin, D, 2>(x, n, rot, cb, sink, stream, msg);
+    case 3: return run_encode_fast_t<Tin, D, 3>(x, n, rot, cb, sink, stream, msg);
+    default: return run_encode_fast_t<Tin, D, 4>(x, n, rot, cb, sink, stream, msg);
+  }
+}
+
+// encode_fast_kernel for the arguments fast_encode_ok accepts.
+template <typename Tin>
+static int run_encode_fast(const Tin* x, int64_t n, int d, const float* rot, const float* cb, int bits,
+                           const RowSink& sink, cudaStream_t stream, const char** msg) {
+  switch (d) {
+    case 32: return run_encode_fast_d<Tin, 32>(x, n, rot, cb, bits, sink, stream, msg);
+    case 64: return run_encode_fast_d<Tin, 64>(x, n, rot, cb, bits, sink, stream, msg);
+    case 128: return run_encode_fast_d<Tin, 128>(x, n, rot, cb, bits, sink, stream, msg);
+    default: return run_encode_fast_d<Tin, 256>(x, n, rot, cb, bits, sink, stream, msg);
+  }
+}
+
 template <typename Tin>
 static int run_encode_e(const Tin* x, int64_t n, int d, const float* rot, int rot_rank, const float* cb, int bits,
                         int qjl, const float* S, int m, const RowSink& sink, cudaStream_t stream, const char** msg) {
+  if (fast_encode_ok(x, d, rot_rank, bits, qjl)) return run_encode_fast<Tin>(x, n, d, rot, cb, bits, sink, stream, msg);
   int E = (d + 31) / 32;
   bool had = rot_rank == 1;
 #define TQ_ENC_CASE(EE)                                                                                     \

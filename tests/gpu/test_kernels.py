@@ -98,7 +98,7 @@ def compare_rows(got, ref, d, bits, use_qjl, m, what):
 
 
 # ------------------------------------------------------------------------------------------ encode
-def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0):
+def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0, misalign=False):
     L = lib()
     rng = np.random.default_rng([seed, d, bits, use_qjl, len(dtype), dense])
     rot = codec.rotation(d, seed, dense=dense)
@@ -108,6 +108,10 @@ def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0):
     xf, xt = rand_vectors(rng, (n, d), dtype)
     xf[5] = 0.0  # the zero vector round-trips to zero
     xt[5] = 0
+    if misalign:  # x not 16-byte aligned: the fast kernel's cp.async tiles cannot be used
+        buf = torch.empty(n * d + 1, dtype=xt.dtype, device="cuda")
+        buf[1:].view(n, d).copy_(xt)
+        xt = buf[1:].view(n, d)
     ref = codec.encode(xf, rot, cb, use_qjl, S)
     R = codec.row_bytes(d, bits, use_qjl, m if use_qjl else None)
     assert L.tq_cuda_row_bytes(d, bits, int(use_qjl), m) == R
@@ -122,19 +126,19 @@ def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0):
     return out, rot, cb
 
 
-def run_encode_nonfinite(d=128, bits=4):
+def run_encode_nonfinite(d=128, bits=4, dtype="float32"):
     L = lib()
     rot = codec.rotation(d, 1)
     cb = codec.codebook(d, bits)
     x = np.random.default_rng(3).standard_normal((4, d)).astype(np.float32)
     x[1, 7] = np.nan
     x[2, 0] = np.inf
-    xt = dev(x)
+    xt = dev(x).to(TDT[dtype])
     R = codec.row_bytes(d, bits)
     out = torch.full((4, R), 0xAB, dtype=torch.uint8, device="cuda")
     rt, ct = dev(rot), dev(cb)
-    tqcuda.check(L, L.tq_cuda_encode(tqcuda.ptr(xt), 1, 4, d, tqcuda.ptr(rt), 1, tqcuda.ptr(ct), bits, 0, None, 0,
-                                     tqcuda.ptr(out), tqcuda.stream_of(torch)), "encode")
+    tqcuda.check(L, L.tq_cuda_encode(tqcuda.ptr(xt), tqcuda.DT[dtype], 4, d, tqcuda.ptr(rt), 1, tqcuda.ptr(ct), bits,
+                                     0, None, 0, tqcuda.ptr(out), tqcuda.stream_of(torch)), "encode")
     torch.cuda.synchronize()
     o = out.cpu().numpy()
     sc = o[:, 0:4].copy().view(np.float32)[:, 0]
@@ -502,6 +506,14 @@ def encode_cases(quick):
             continue
         for dt in (("float32",) if quick else ("float32", "float16", "bfloat16")):
             yield dict(d=d, bits=bits, use_qjl=q, dtype=dt, dense=(d in (80, 96)) or (d == 64 and bits == 2))
+    # the throughput kernel (Hadamard, no QJL, d in {32, 64, 128, 256}, b in {2, 3, 4}): many tiles per
+    # warp, every input dtype, a ragged last tile, and the misaligned fallback
+    for d, bits, dt, n in ((128, 4, "float16", 40001), (64, 3, "bfloat16", 30007), (256, 2, "float32", 9001),
+                           (32, 4, "float16", 20005), (32, 3, "float32", 333), (128, 3, "float16", 777)):
+        if quick and n > 10000:
+            continue
+        yield dict(d=d, bits=bits, use_qjl=False, dtype=dt, dense=False, n=n)
+    yield dict(d=128, bits=4, use_qjl=False, dtype="float16", dense=False, n=1001, misalign=True)
 
 
 def decode_cases(quick):
@@ -572,8 +584,12 @@ def test_encode(case):
     run_encode(**case)
 
 
-def test_encode_nonfinite():
-    run_encode_nonfinite()
+NONFINITE_CASES = [dict(), dict(d=64, bits=3, dtype="float16"), dict(d=128, bits=8, dtype="bfloat16")]
+
+
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=str)
+def test_encode_nonfinite(case):
+    run_encode_nonfinite(**case)
 
 
 @pytest.mark.parametrize("case", list(decode_cases(True)), ids=str)
@@ -601,7 +617,7 @@ def main(argv):
     fails, n = [], 0
     t0 = time.time()
     groups = [("encode", run_encode, encode_cases(quick)), ("decode", run_decode, decode_cases(quick)),
-              ("encode_nonfinite", lambda: run_encode_nonfinite(), [dict()]),
+              ("encode_nonfinite", run_encode_nonfinite, NONFINITE_CASES),
               ("attention", run_attention, attention_cases(quick)),
               ("ring", run_attention, ring_cases(quick)), ("ring_steps", run_ring_steps, ring_step_cases(quick))]
     only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
