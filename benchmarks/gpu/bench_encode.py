@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--libs", default=os.environ.get("TQ_CUDA_LIB", "build/gpu/libtq_cuda.so"),
                     help="comma-separated kernel libraries to compare (the first is the one reported)")
     ap.add_argument("--n", type=int, default=1 << 20, help="vectors per call")
+    ap.add_argument("--cases", type=int, default=len(CASES), help="run only the first N cases")
     args = ap.parse_args()
     paths = args.libs.split(",")
     libs = [tqcuda.load(p) for p in paths]
@@ -60,7 +61,7 @@ def main() -> int:
     n = args.n
     stream = tqcuda.stream_of(torch)
     rows = []
-    for d, bits, dt in CASES:
+    for d, bits, dt in CASES[:args.cases]:
         x = torch.randn(n, d, device="cuda", dtype=TDT[dt])
         R = codec.row_bytes(d, bits)
         rot = torch.from_numpy(codec.rotation(d, 0)).cuda()
