@@ -52,9 +52,9 @@ def main() -> int:
     paths = args.libs.split(",")
     libs = [tqcuda.load(p) for p in paths]
     props = torch.cuda.get_device_properties(0)
-    a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    a = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")  # the yardstick of bench_attention.py
     b = torch.empty_like(a)
-    t = median_us(lambda: b.copy_(a))
+    t = median_us(lambda: b.copy_(a), iters=10)
     copy_bw = 2 * a.numel() / (t * 1e-6) / 1e12
     del a, b
     print(f"GPU {props.name}, torch {torch.__version__}; copy bandwidth (read+write) {copy_bw:.2f} TB/s")
