@@ -552,6 +552,19 @@ def attention_cases(quick):
     for d, kb, vb in ((128, 4, 4), (128, 3, 3), (128, 4, 3), (64, 4, 4)):
         yield dict(B=2, S=1, Hq=32, Hkv=8, d=d, kb=kb, vb=vb, dtype="float16", shared=True,
                    past_lens=[3001, 4500], seed=100 + kb + vb)
+    # prefill over many cached rows (prefill_rows_kernel: several query tiles, 32-row chunks, window,
+    # padding, G from 1 to 16, dense rotation, 8-bit codes)
+    long_prefill = [dict(B=2, S=70, Hq=32, Hkv=8, d=128, kb=4, vb=4, dtype="float16", shared=True,
+                         past_lens=[1000, 333], seed=600),
+                    dict(B=2, S=45, Hq=12, Hkv=4, d=64, kb=3, vb=2, dtype="bfloat16", shared=False,
+                         past_lens=[517, -5], window=100, softcap=25.0, rotary=True, seed=601),
+                    dict(B=1, S=9, Hq=16, Hkv=1, d=128, kb=4, vb=3, dtype="float32", shared=True, past_lens=[700],
+                         seed=602),
+                    dict(B=1, S=100, Hq=4, Hkv=4, d=96, kb=4, vb=4, dtype="float16", dense=True, shared=True,
+                         past_lens=[300], seed=603),
+                    dict(B=2, S=33, Hq=8, Hkv=2, d=128, kb=8, vb=8, dtype="float16", shared=False,
+                         past_lens=[95, 0], window=40, seed=604)]
+    yield from (long_prefill[:1] if quick else long_prefill)
     if quick:
         yield dict(B=3, S=6, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=False, past_lens=[0, 20, -2],
                    rotary=True, seed=7)
