@@ -12,34 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "gpu"))
+sys.path.insert(0, os.path.dirname(__file__))
 from tq_ort import codec  # noqa: E402
 import tqcuda  # noqa: E402
+from bench_attention import median_event_time as median_us  # noqa: E402
 
 TDT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 CASES = [(128, 4, "float16"), (128, 3, "float16"), (128, 2, "float16"), (64, 4, "float16"),
          (256, 4, "float16"), (128, 4, "bfloat16"), (128, 4, "float32"), (128, 8, "float16")]
-
-
-def median_us(fn, iters: int = 30, warm: int = 5) -> float:
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", 
 sys.path.insert(0, os.path.dirname(__file__))
 from tq_ort import codec  # noqa: E402
 import tqcuda  # noqa: E402
-from bench_encode import median_us  # noqa: E402
+from bench_attention import median_event_time as median_us  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 
