@@ -1820,7 +1820,7 @@ static bool decode_selfq(const TqAttnParams* p, const DecodeLayout& L) {
 
 // Whether a prefill (S > 1) runs prefill_rows_kernel for the compressed rows (TQ_CUDA_PREFILL=0: never).
 static bool prefill_rows_ok(const TqAttnParams* p) {
-  static const int off = env_int("TQ_CUDA_PREFILL") == 0 && getenv("TQ_CUDA_PREFILL") != nullptr;
+  static const bool off = getenv("TQ_CUDA_PREFILL") && env_int("TQ_CUDA_PREFILL") == 0;
   const int G = (int)(p->Hq / p->Hkv);
   return !off && p->S > 1 && !p->use_qjl && p->value_bits > 0 && p->d <= 128 && G <= kPreQ &&
          prefill_smem_floats((int)p->d) * sizeof(float) <= (size_t)smem_optin_limit();

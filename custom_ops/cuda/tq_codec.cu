@@ -38,17 +38,9 @@ static int run_encode_fast_t(const Tin* x, int64_t n, const float* rot, const fl
   static int raised[64] = {0}, resident[64] = {0};
   cudaError_t e = raise_smem_once((const void*)kern, (int)smem, raised);
   if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int* res = &resident[dev >= 0 && dev < 64 ? dev : 0];
-  if (!*res) {  // blocks per SM, queried once per device
-    int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kern, kFastEncWarps * 32, smem) != cudaSuccess) b = 1;
-    *res = b > 0 ? b : 1;
-  }
   const int64_t tiles = (n + FastEncLayout<Tin, D>::VPW - 1) / FastEncLayout<Tin, D>::VPW;
   int64_t blocks = (tiles + kFastEncWarps - 1) / kFastEncWarps;
-  const int64_t cap = (int64_t)num_sms() * *res;
+  const int64_t cap = (int64_t)num_sms() * blocks_per_sm_once((const void*)kern, kFastEncWarps * 32, smem, resident);
   if (blocks > cap) blocks = cap;
   kern<<<(unsigned)blocks, kFastEncWarps * 32, smem, stream>>>(x, n, rot, cb, sink, (float)(1.0 / sqrt((double)D)));
   e = cudaGetLastError();

@@ -298,6 +298,20 @@ inline int device_attr(int fallback) {
 inline int num_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(80); }
 inline int smem_optin_limit() { return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024); }
 
+// Resident blocks per SM of a kernel at this block size and shared memory, queried once per device
+// (at least 1); `cache` is the caller's record for that kernel and launch shape.
+inline int blocks_per_sm_once(const void* kern, int threads, size_t smem, int (&cache)[64]) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int& c = cache[dev >= 0 && dev < 64 ? dev : 0];
+  if (!c) {
+    int b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kern, threads, smem) != cudaSuccess) b = 1;
+    c = b > 0 ? b : 1;
+  }
+  return c;
+}
+
 // Raise a kernel's dynamic shared-memory limit to `smem` once per size seen and device (a host call per
 // launch costs ORT time); `raised` is the caller's record for that kernel.
 inline cudaError_t raise_smem_once(const void* kern, int smem, int (&raised)[64]) {

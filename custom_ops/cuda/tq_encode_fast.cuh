@@ -37,7 +37,8 @@ struct FastEncLayout {
   static constexpr int WARP_BYTES = kFastEncStages * TILE + VPW * CODE_STRIDE;
 };
 
-// Shared memory: 32 floats (codebook, boundaries), then each warp's stages and code buffer.
+// Shared memory: 128 bytes of boundaries (byte 0) and centroids (byte kCbOff), then each warp's stages
+// and code buffer.
 template <typename Tin, int D>
 constexpr size_t fast_encode_smem_bytes() {
   return 128 + (size_t)kFastEncWarps * FastEncLayout<Tin, D>::WARP_BYTES;
