@@ -19,6 +19,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "tq_codec.cuh"
 #include "tq_cuda_api.h"
 
@@ -1713,6 +1715,9 @@ __global__ void __launch_bounds__(128) decode_pre_kernel(PreArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
+#include "tq_prefill_tc.cuh"
+
+// ---------------------------------------------------------------------------------------------
 struct Workspace {
   float* qf;
   float* kf;
@@ -1818,12 +1823,39 @@ static bool decode_selfq(const TqAttnParams* p, const DecodeLayout& L) {
   return p->rot_rank == 1 && !p->use_qjl && p->recent_window == 0 && (int64_t)L.stage_bytes >= 6 * G * p->d;
 }
 
-// Whether a prefill (S > 1) runs prefill_rows_kernel for the compressed rows (TQ_CUDA_PREFILL=0: never).
+// Prefill kernels (S > 1), TQ_CUDA_PREFILL: 0 = the simple kernel only, 1 = prefill_rows_kernel (v14) for
+// the compressed rows, unset or 2 = prefill_tc_kernel where it applies, else as 1.
+static int prefill_mode() {
+  static const int mode = getenv("TQ_CUDA_PREFILL") ? env_int("TQ_CUDA_PREFILL") : 2;
+  return mode;
+}
+
+// Whether prefill_tc_kernel computes the whole prefill (fp16/bf16, no QJL, compressed values, d a
+// multiple of 16 up to 128, G <= 128; force_path = 1 keeps the simple kernel for the tests).
+static bool prefill_tc_ok(const TqAttnParams* p) {
+  const int d = (int)p->d, G = (int)(p->Hq / p->Hkv);
+  return prefill_mode() == 2 && p->force_path != 1 && p->S > 1 && !p->use_qjl && p->value_bits > 0 &&
+         (p->dtype == 10 || p->dtype == 16) && (d == 64 || d == 80 || d == 96 || d == 128) && G <= kTcQ &&
+         (p->rot_rank != 1 || d == 64 || d == 128) &&
+         TcSmem<128>::bytes <= smem_optin_limit();
+}
+
+// Whether a prefill runs prefill_rows_kernel for the compressed rows before the simple kernel.
 static bool prefill_rows_ok(const TqAttnParams* p) {
-  static const bool off = getenv("TQ_CUDA_PREFILL") && env_int("TQ_CUDA_PREFILL") == 0;
   const int G = (int)(p->Hq / p->Hkv);
-  return !off && p->S > 1 && !p->use_qjl && p->value_bits > 0 && p->d <= 128 && G <= kPreQ &&
-         prefill_smem_floats((int)p->d) * sizeof(float) <= (size_t)smem_optin_limit();
+  return prefill_mode() != 0 && !prefill_tc_ok(p) && p->S > 1 && !p->use_qjl && p->value_bits > 0 && p->d <= 128 &&
+         G <= kPreQ && prefill_smem_floats((int)p->d) * sizeof(float) <= (size_t)smem_optin_limit();
+}
+
+template <typename T, int D, bool HAD, bool RING>
+static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, cudaStream_t stream) {
+  const int QT = kTcQ / (int)(p->Hq / p->Hkv);
+  static int raised[64] = {0};
+  const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, TcSmem<D>::bytes, raised);
+  if (e != cudaSuccess) return (int)e;
+  prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)((p->S + QT - 1) / QT), (unsigned)p->Hkv, (unsigned)p->B),
+                                       kTcWarps * 32, TcSmem<D>::bytes, stream>>>(aa);
+  return (int)cudaGetLastError();
 }
 
 static Workspace carve(const TqAttnParams* p, void* base) {
@@ -1917,6 +1949,18 @@ template <int D>
 static int launch_split_d(const DecodeArgs& da, bool qjl, bool bigg, int ks, int B, int Hkv, size_t smem, cudaStream_t s) {
   return bigg ? launch_split_bits<D, true>(da, qjl, ks, B, Hkv, smem, s)
               : launch_split_bits<D, false>(da, qjl, ks, B, Hkv, smem, s);
+}
+
+// Ring slots of the new tokens (recent window, S > 1), after the attention kernel read the rings.
+template <typename T, bool RING>
+static int write_new_ring_slots(const TqAttnParams* p, const AttnArgs& aa, cudaStream_t stream) {
+  if (!RING || (!aa.pkr && !aa.pvr)) return 0;
+  int64_t total = p->B * p->S * p->Hkv * p->d;
+  int blocks = (int)((total + 255) / 256);
+  if (blocks > num_sms() * 16) blocks = num_sms() * 16;
+  ring_write_kernel<T><<<blocks, 256, 0, stream>>>(aa.kf, (const T*)aa.value, aa.seqlens, (T*)aa.pkr, (T*)aa.pvr,
+                                                   aa.B, aa.S, aa.Hkv, aa.d, aa.Pp, aa.R);
+  return (int)cudaGetLastError();
 }
 
 template <typename T, int E, bool HAD, bool RING>
@@ -2022,6 +2066,19 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, true, fin,
                       (const float*)ws.part_o, (const float*)ws.part_ml, ns, (int)p->dtype, HAD ? 1 : 0);
   }
+  if constexpr (!std::is_same<T, float>::value) {
+    if (prefill_tc_ok(p)) {
+      int rc = -1;
+      switch (aa.d) {  // E matches: run_attention_e picked it from d
+        case 64: if constexpr (E == 2) rc = launch_prefill_tc<T, 64, HAD, RING>(p, aa, stream); break;
+        case 80: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 80, HAD, RING>(p, aa, stream); break;
+        case 96: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 96, HAD, RING>(p, aa, stream); break;
+        case 128: if constexpr (E == 4) rc = launch_prefill_tc<T, 128, HAD, RING>(p, aa, stream); break;
+        default: break;
+      }
+      return rc ? rc : write_new_ring_slots<T, RING>(p, aa, stream);
+    }
+  }
   AttnArgs sa = aa;
   if (ws.pre_o) {
     if constexpr (E <= 4) {
@@ -2040,15 +2097,8 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
   }
   int64_t warps = (int64_t)p->B * p->S * p->Hq;
   attn_simple_kernel<T, E, HAD, RING><<<(unsigned)((warps + kSimpleWarps - 1) / kSimpleWarps), kSimpleWarps * 32, 0, stream>>>(sa);
-  int rc = (int)cudaGetLastError();
-  if (rc || !RING || (!aa.pkr && !aa.pvr)) return rc;
-  // Ring slots of the new tokens, after the attention kernel read the rings.
-  int64_t total = p->B * p->S * p->Hkv * p->d;
-  int blocks = (int)((total + 255) / 256);
-  if (blocks > num_sms() * 16) blocks = num_sms() * 16;
-  ring_write_kernel<T><<<blocks, 256, 0, stream>>>(aa.kf, (const T*)aa.value, aa.seqlens, (T*)aa.pkr, (T*)aa.pvr,
-                                                   aa.B, aa.S, aa.Hkv, aa.d, aa.Pp, aa.R);
-  return (int)cudaGetLastError();
+  const int rc = (int)cudaGetLastError();
+  return rc ? rc : write_new_ring_slots<T, RING>(p, aa, stream);
 }
 
 template <typename T>

@@ -1,0 +1,336 @@
+// Prefill on tensor cores (v15): prefill_tc_kernel, a flash-attention tile kernel for S > 1 with
+// float16 or bfloat16 inputs, no QJL, compressed values, d in {64, 80, 96, 128}.
+//
+// A block owns kTcQ = 128 query slots of one (batch, kv head): slot m is token i0 + m / G and head
+// g G + m % G, so every key row it reads serves all the GQA heads of the tokens. Each of the 8 warps
+// owns 16 slots (the mma M rows). Two phases over 64-key chunks staged in shared memory:
+//   1. the compressed cached rows [lo, comp_hi): 64 rows decoded once per block (scale times
+//      centroid, float16), scored against the rotated queries (rotation of the reference), values
+//      accumulated in the rotated domain; at the end each accumulator row goes back through R^T
+//      (softmax rescaling is a per-row scalar, so the rotation commutes with what follows);
+//   2. the exact rows: the recent-window ring (RING) and the new tokens (keys after RoPE from the
+//      float32 copy, values from the input), causal per slot, in T (fp16 or bf16 mma).
+// Scores S[16 x 64] = Q K^T and O[16 x d] += P V by mma.m16n8k16 with fp32 accumulation (ldmatrix for
+// the Q, K and V fragments, P straight from the score registers); online softmax in the log2 domain.
+// Included by tq_attention.cu (AttnArgs, batch_geometry, rotate_fwd / rotate_inv, mma16816).
+
+constexpr int kTcWarps = 8, kTcQ = 16 * kTcWarps, kTcKeys = 64;
+
+template <int D>
+struct TcSmem {
+  static constexpr int LD = D + 8;                                // halves per row: ldmatrix rows in distinct banks
+  static constexpr int kCb = 2 * 256 * 4;                         // key and value codebooks (float)
+  static constexpr int kQ = kTcQ * LD * 2;                        // the block's queries
+  static constexpr int kKV = 2 * kTcKeys * LD * 2;                // one chunk of keys and values
+  static constexpr int kScratch = (kTcWarps / 2) * 16 * D * 4;    // R^T of the accumulators, half the warps at once
+  static constexpr int bytes = kCb + kQ + (kKV > kScratch ? kKV : kScratch);
+};
+
+template <typename MT> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) { return pack_h2(lo, hi); }
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+template <typename MT>
+__device__ __forceinline__ void mma_tc(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_tc<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  mma16816(c, a[0], a[1], a[2], a[3], b0, b1);
+}
+template <>
+__device__ __forceinline__ void mma_tc<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 b16 matrices; lane L gives the row address of matrix L / 8 (row L % 8). trans: each thread
+// gets a column pair instead of a row pair (the B operand of P V from row-major values).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&x)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&x)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3]) : "r"(addr) : "memory");
+}
+
+template <typename MT>
+__device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
+  return make_uint4(pack2<MT>(v[0], v[1]), pack2<MT>(v[2], v[3]), pack2<MT>(v[4], v[5]), pack2<MT>(v[6], v[7]));
+}
+
+// Per thread: the two accumulator rows' query slots (r and r + 8 of the warp's 16).
+struct TcRows {
+  int p[2], lo[2];  // position of the query, first visible key
+  bool ok[2];       // a real query (in the tile, not padding)
+};
+
+// One 64-key chunk for the warp's 16 queries: keys j0 + n visible to row k iff ok, n < jend - j0,
+// lo <= j <= p. Q at qa (the warp's first row), K and V at ka / va (row-major, LD halves per row).
+template <typename MT, int D>
+__device__ __forceinline__ void tc_chunk(uint32_t qa, uint32_t ka, uint32_t va, int j0, int jend, const TcRows& q,
+                                         float softcap, float (&o)[D / 8][4], float (&mx)[2], float (&l)[2], int lane) {
+  constexpr int LD = D + 8, NK = kTcKeys / 8;
+  const int t = lane & 3, mi = lane >> 3, rr = lane & 7;
+  float s[NK][4];
+#pragma unroll
+  for (int n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+  for (int kt = 0; kt < D / 16; ++kt) {
+    uint32_t a[4];
+    ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * LD + kt * 16 + (mi >> 1) * 8) * 2);
+#pragma unroll
+    for (int np = 0; np < NK / 2; ++np) {
+      uint32_t kb[4];
+      ldsm_x4(kb, ka + ((np * 16 + rr + (mi >> 1) * 8) * LD + kt * 16 + (mi & 1) * 8) * 2);
+      mma_tc<MT>(s[2 * np], a, kb[0], kb[1]);
+      mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
+    }
+  }
+  float cmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < NK; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int k = e >> 1, j = j0 + n * 8 + 2 * t + (e & 1);
+      const bool vis = q.ok[k] && j < jend && j >= q.lo[k] && j <= q.p[k];
+      const float x = vis ? softcap_f(s[n][e], softcap) * kLog2e : -INFINITY;
+      s[n][e] = x;
+      cmax[k] = fmaxf(cmax[k], x);
+    }
+  float base[2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 1));
+    cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 2));
+    const float mn = fmaxf(mx[k], cmax[k]);
+    base[k] = mn == -INFINITY ? 0.f : mn;
+    const float corr = exp2f(mx[k] - base[k]);
+    mx[k] = mn;
+    l[k] *= corr;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][2 * k] *= corr;
+      o[n][2 * k + 1] *= corr;
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < NK; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float p = exp2f(s[n][e] - base[e >> 1]);
+      s[n][e] = p;
+      l[e >> 1] += p;
+    }
+#pragma unroll
+  for (int kc = 0; kc < NK / 2; ++kc) {
+    const uint32_t pa[4] = {pack2<MT>(s[2 * kc][0], s[2 * kc][1]), pack2<MT>(s[2 * kc][2], s[2 * kc][3]),
+                            pack2<MT>(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack2<MT>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t vb[4];
+      ldsm_x4_t(vb, va + ((kc * 16 + rr + (mi & 1) * 8) * LD + dp * 16 + (mi >> 1) * 8) * 2);
+      mma_tc<MT>(o[2 * dp], pa, vb[0], vb[1]);
+      mma_tc<MT>(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+}
+
+// The warp's 16 query rows into Qs (MT, times the softmax scale): rotated (phase 1) or as they are.
+template <typename MT, int D, bool HAD, bool ROT>
+__device__ __forceinline__ void tc_build_q(const AttnArgs& a, uint16_t* Qs, float* buf, int b, int g, int i0, int nvalid,
+                                           int warp, int lane) {
+  constexpr int E = (D + 31) / 32;
+  const int G = a.Hq / a.Hkv, QT = kTcQ / G;
+  for (int k = 0; k < 16; ++k) {
+    const int m = warp * 16 + k, i = i0 + m / G, h = g * G + m % G;
+    const bool ok = m < QT * G && i < nvalid;
+    float x[E], y[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int c = e * 32 + lane;
+      x[e] = (ok && c < D) ? a.qf[(((int64_t)b * a.S + i) * a.Hq + h) * D + c] : 0.f;
+    }
+    if constexpr (ROT) {
+      rotate_fwd<E, HAD>(x, y, a.rot, D, lane, buf, a.inv_sqrt_d);
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) y[e] = x[e];
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int c = e * 32 + lane;
+      if (c < D) {
+        const uint32_t v = pack2<MT>(y[e] * a.scale, 0.f);
+        Qs[m * (D + 8) + c] = (uint16_t)(v & 0xffffu);
+      }
+    }
+  }
+}
+
+template <typename T, int D, bool HAD, bool RING>
+__global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a) {
+  using L = TcSmem<D>;
+  constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8;
+  extern __shared__ float4 tc_sm4[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>(tc_sm4);
+  float* kcb = reinterpret_cast<float*>(sm);
+  float* vcb = kcb + 256;
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(sm + L::kCb);
+  uint16_t* Ks = reinterpret_cast<uint16_t*>(sm + L::kCb + L::kQ);
+  uint16_t* Vs = Ks + kTcKeys * LD;
+  const int G = a.Hq / a.Hkv, QT = kTcQ / G;
+  const int b = blockIdx.z, g = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * QT;  // the longest tiles first
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
+  T* out = reinterpret_cast<T*>(a.out);
+  int Lb, past, nvalid;
+  const bool geo = batch_geometry(a.seqlens, b, a.S, a.Pp, Lb, past, nvalid);
+  if (!geo || i0 >= nvalid) {  // bad seqlens: NaN (as the simple kernel); right padding: zeros
+    const float fill = geo ? 0.f : __int_as_float(0x7fc00000);
+    for (int idx = tid; idx < QT * G * D; idx += blockDim.x) {
+      const int m = idx / D, c = idx - m * D, i = i0 + m / G;
+      if (i < a.S) out[(((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D + c] = from_f<T>(fill);
+    }
+    return;
+  }
+  TcRows q;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
+    q.ok[k] = m < QT * G && i < nvalid;
+    q.p[k] = past + i;
+    q.lo[k] = a.window > 0 ? max(0, q.p[k] - a.window + 1) : 0;
+  }
+  const int pmax = past + min(i0 + QT, nvalid) - 1;
+  const int jlo = a.window > 0 ? max(0, past + i0 - a.window + 1) : 0;  // the tile's first token sees most
+  const int comp_hi = RING ? max(0, past - a.R) : past;
+  // Whether any of the warp's rows sees a key of [j0, j0 + kTcKeys) below jend.
+  auto warp_needs = [&](int j0, int jend) {
+    bool need = false;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) need |= q.ok[k] && j0 <= q.p[k] && j0 + kTcKeys > q.lo[k] && j0 < jend;
+    return __any_sync(kFull, need);
+  };
+  const uint32_t qa = smem_u32(Qs + warp * 16 * LD), ka = smem_u32(Ks), va = smem_u32(Vs);
+  float o[D / 8][4], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  const int64_t head_row0 = ((int64_t)b * a.Hkv + g) * a.Pp;
+
+  if (jlo < comp_hi) {  // phase 1: the compressed rows, in the rotated domain
+    for (int k = tid; k < (1 << a.kbits); k += blockDim.x) kcb[k] = a.kcb[k];
+    for (int k = tid; k < (1 << a.vbits); k += blockDim.x) vcb[k] = a.vcb[k];
+    tc_build_q<__half, D, HAD, true>(a, Qs, reinterpret_cast<float*>(Ks) + warp * D, b, g, i0, nvalid, warp, lane);
+    for (int j0 = jlo; j0 < comp_hi; j0 += kTcKeys) {
+      __syncthreads();  // the previous chunk is consumed (the first time: Qs, codebooks, rotation scratch)
+      for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
+        const int row = idx / NG, grp = idx - row * NG, j = j0 + row;
+        uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+        if (j < comp_hi) {
+          const uint32_t* kr = reinterpret_cast<const uint32_t*>(a.pk + (head_row0 + j) * a.Rk);
+          const uint32_t* vr = reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint8_t*>(a.pv) +
+                                                                 (head_row0 + j) * a.Rv);
+          const float ks = __uint_as_float(kr[0]), vs = __uint_as_float(vr[0]);
+          float kx[8], vx[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            kx[u] = ks * kcb[get_bits(kr + 1, (grp * 8 + u) * a.kbits, a.kbits)];
+            vx[u] = vs * vcb[get_bits(vr + 1, (grp * 8 + u) * a.vbits, a.vbits)];
+          }
+          kw = pack8<__half>(kx);
+          vw = pack8<__half>(vx);
+        }
+        *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
+        *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
+      }
+      __syncthreads();
+      if (warp_needs(j0, comp_hi)) tc_chunk<__half, D>(qa, ka, va, j0, comp_hi, q, a.softcap, o, mx, l, lane);
+    }
+    // Back to the original basis: O <- R^T O row by row, half the warps at a time through scratch
+    // (the chunk buffers); Qs is the rotation's per-warp buffer.
+    for (int round = 0; round < 2; ++round) {
+      __syncthreads();
+      if ((warp >> 2) == round) {
+        float* sc = reinterpret_cast<float*>(Ks) + (warp & 3) * 16 * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          sc[r * D + n * 8 + 2 * t] = o[n][0];
+          sc[r * D + n * 8 + 2 * t + 1] = o[n][1];
+          sc[(r + 8) * D + n * 8 + 2 * t] = o[n][2];
+          sc[(r + 8) * D + n * 8 + 2 * t + 1] = o[n][3];
+        }
+        __syncwarp();
+        float* buf = reinterpret_cast<float*>(Qs) + warp * D;
+        for (int row = 0; row < 16; ++row) {
+          float y[E], x[E];
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const int c = e * 32 + lane;
+            y[e] = c < D ? sc[row * D + c] : 0.f;
+          }
+          rotate_inv<E, HAD>(y, x, a.rot, D, lane, buf, a.inv_sqrt_d);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const int c = e * 32 + lane;
+            if (c < D) sc[row * D + c] = x[e];
+          }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][0] = sc[r * D + n * 8 + 2 * t];
+          o[n][1] = sc[r * D + n * 8 + 2 * t + 1];
+          o[n][2] = sc[(r + 8) * D + n * 8 + 2 * t];
+          o[n][3] = sc[(r + 8) * D + n * 8 + 2 * t + 1];
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // Phase 2: the exact rows (ring positions [comp_hi, past), then the new tokens up to pmax), in T.
+  tc_build_q<T, D, HAD, false>(a, Qs, nullptr, b, g, i0, nvalid, warp, lane);
+  const int x0 = max(jlo, comp_hi);
+  const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
+  for (int j0 = x0; j0 <= pmax; j0 += kTcKeys) {
+    __syncthreads();
+    for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
+      const int row = idx / NG, grp = idx - row * NG, j = j0 + row;
+      uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+      if (j <= pmax) {
+        if (RING && j < past) {
+          const int64_t off = (ring0 + j % a.R) * D + grp * 8;
+          kw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.kr) + off);
+          vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.vr) + off);
+        } else {
+          const int64_t off = (((int64_t)b * a.S + (j - past)) * a.Hkv + g) * D + grp * 8;
+          const float4 k0 = *reinterpret_cast<const float4*>(a.kf + off);
+          const float4 k1 = *reinterpret_cast<const float4*>(a.kf + off + 4);
+          const float kx[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+          kw = pack8<T>(kx);
+          vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.value) + off);
+        }
+      }
+      *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
+      *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
+    }
+    __syncthreads();
+    if (warp_needs(j0, pmax + 1)) tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, a.softcap, o, mx, l, lane);
+  }
+
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    l[k] += __shfl_xor_sync(kFull, l[k], 1);
+    l[k] += __shfl_xor_sync(kFull, l[k], 2);
+    const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
+    if (m >= QT * G || i >= a.S) continue;
+    const float inv = q.ok[k] ? 1.f / l[k] : 0.f;  // padding queries: zeros
+    T* orow = out + (((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t) = pack2<T>(o[n][2 * k] * inv, o[n][2 * k + 1] * inv);
+  }
+}
