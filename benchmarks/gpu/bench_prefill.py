@@ -4,8 +4,8 @@
 
 Llama-3-8B attention shape (Hq = 32, Hkv = 8, d = 128), fp16, 4-bit keys and values, shared buffer,
 B = 1. Reports the median of CUDA-event timings per step and the same step with fp16 torch SDPA
-(causal over past + S positions, flash kernel) for scale. Set TQ_CUDA_PREFILL=0 to time the simple kernel
-alone (the process reads it once). Writes prefill.json under $OUT when OUT is set.
+(causal over past + S positions, explicit mask) for scale. TQ_CUDA_PREFILL=1 times the v14 rows kernel
+(+ simple kernel), =0 the simple kernel alone (the process reads it once). Writes prefill.json under $OUT when OUT is set.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def main() -> int:
     args = ap.parse_args()
     lib = tqcuda.load(args.libs.split(",")[0])
     props = torch.cuda.get_device_properties(0)
-    mode = "simple kernel only (TQ_CUDA_PREFILL=0)" if os.environ.get("TQ_CUDA_PREFILL") == "0" else "default"
+    mode = {"0": "simple kernel only (TQ_CUDA_PREFILL=0)", "1": "rows kernel v14 (TQ_CUDA_PREFILL=1)"}.get(
+        os.environ.get("TQ_CUDA_PREFILL", ""), "tensor cores (default)")
     print(f"GPU {props.name}, torch {torch.__version__}; TurboQuantAttention prefill, {mode}")
     rows = []
     print("| past | S | TQ4 step ms | fp16 SDPA (masked) ms |")
@@ -88,7 +89,7 @@ def main() -> int:
         del fn, out
         torch.cuda.empty_cache()
     if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], f"prefill-{mode.split()[0]}.json"), "w") as f:
+        with open(os.path.join(os.environ["OUT"], f"prefill-{os.environ.get('TQ_CUDA_PREFILL', 'default')}.json"), "w") as f:
             json.dump({"gpu": props.name, "mode": mode, "rows": rows}, f, indent=1)
     return 0
 

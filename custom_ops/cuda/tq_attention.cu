@@ -1837,7 +1837,7 @@ static bool prefill_tc_ok(const TqAttnParams* p) {
   return prefill_mode() == 2 && p->force_path != 1 && p->S > 1 && !p->use_qjl && p->value_bits > 0 &&
          (p->dtype == 10 || p->dtype == 16) && (d == 64 || d == 80 || d == 96 || d == 128) && G <= kTcQ &&
          (p->rot_rank != 1 || d == 64 || d == 128) &&
-         TcSmem<128>::bytes <= smem_optin_limit();
+         tc_smem_bytes<128>(row_bytes(128, 8, 0, 0), row_bytes(128, 8, 0, 0)) <= smem_optin_limit();
 }
 
 // Whether a prefill runs prefill_rows_kernel for the compressed rows before the simple kernel.
@@ -1850,11 +1850,12 @@ static bool prefill_rows_ok(const TqAttnParams* p) {
 template <typename T, int D, bool HAD, bool RING>
 static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, cudaStream_t stream) {
   const int QT = kTcQ / (int)(p->Hq / p->Hkv);
+  const int smem = tc_smem_bytes<D>(aa.Rk, aa.Rv);
   static int raised[64] = {0};
-  const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, TcSmem<D>::bytes, raised);
+  const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, smem, raised);
   if (e != cudaSuccess) return (int)e;
   prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)((p->S + QT - 1) / QT), (unsigned)p->Hkv, (unsigned)p->B),
-                                       kTcWarps * 32, TcSmem<D>::bytes, stream>>>(aa);
+                                       kTcWarps * 32, smem, stream>>>(aa);
   return (int)cudaGetLastError();
 }
 

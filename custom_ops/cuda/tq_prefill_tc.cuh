@@ -68,73 +68,90 @@ struct TcRows {
   bool ok[2];       // a real query (in the tile, not padding)
 };
 
-// One 64-key chunk for the warp's 16 queries: keys j0 + n visible to row k iff ok, n < jend - j0,
-// lo <= j <= p. Q at qa (the warp's first row), K and V at ka / va (row-major, LD halves per row).
+// One 64-key chunk for the warp's 16 queries, as two 32-key halves (fewer live score registers: two
+// blocks per SM): keys j0 + n visible to row k iff ok, j < jend, lo <= j <= p. Q at qa (the warp's first
+// row), K and V at ka / va (row-major, LD halves per row). full: every key of the chunk is visible to
+// every row of the warp (no per-element masks).
 template <typename MT, int D>
 __device__ __forceinline__ void tc_chunk(uint32_t qa, uint32_t ka, uint32_t va, int j0, int jend, const TcRows& q,
-                                         float softcap, float (&o)[D / 8][4], float (&mx)[2], float (&l)[2], int lane) {
-  constexpr int LD = D + 8, NK = kTcKeys / 8;
+                                         bool full, float softcap, float (&o)[D / 8][4], float (&mx)[2],
+                                         float (&l)[2], int lane) {
+  constexpr int LD = D + 8, NK = kTcKeys / 16;  // n-tiles of 8 keys per half
   const int t = lane & 3, mi = lane >> 3, rr = lane & 7;
-  float s[NK][4];
 #pragma unroll
-  for (int n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  for (int half = 0; half < 2; ++half) {
+    const int kh = half * (kTcKeys / 2);
+    float s[NK][4];
 #pragma unroll
-  for (int kt = 0; kt < D / 16; ++kt) {
-    uint32_t a[4];
-    ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * LD + kt * 16 + (mi >> 1) * 8) * 2);
+    for (int n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-    for (int np = 0; np < NK / 2; ++np) {
-      uint32_t kb[4];
-      ldsm_x4(kb, ka + ((np * 16 + rr + (mi >> 1) * 8) * LD + kt * 16 + (mi & 1) * 8) * 2);
-      mma_tc<MT>(s[2 * np], a, kb[0], kb[1]);
-      mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
+    for (int kt = 0; kt < D / 16; ++kt) {
+      uint32_t a[4];
+      ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * LD + kt * 16 + (mi >> 1) * 8) * 2);
+#pragma unroll
+      for (int np = 0; np < NK / 2; ++np) {
+        uint32_t kb[4];
+        ldsm_x4(kb, ka + ((kh + np * 16 + rr + (mi >> 1) * 8) * LD + kt * 16 + (mi & 1) * 8) * 2);
+        mma_tc<MT>(s[2 * np], a, kb[0], kb[1]);
+        mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
+      }
     }
-  }
-  float cmax[2] = {-INFINITY, -INFINITY};
+    float cmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-  for (int n = 0; n < NK; ++n)
+    for (int n = 0; n < NK; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int k = e >> 1, j = j0 + n * 8 + 2 * t + (e & 1);
-      const bool vis = q.ok[k] && j < jend && j >= q.lo[k] && j <= q.p[k];
-      const float x = vis ? softcap_f(s[n][e], softcap) * kLog2e : -INFINITY;
-      s[n][e] = x;
-      cmax[k] = fmaxf(cmax[k], x);
+      for (int e = 0; e < 4; ++e) {
+        const int k = e >> 1, j = j0 + kh + n * 8 + 2 * t + (e & 1);
+        float x = (softcap > 0.f ? softcap_f(s[n][e], softcap) : s[n][e]) * kLog2e;
+        if (!full && !(q.ok[k] && j < jend && j >= q.lo[k] && j <= q.p[k])) x = -INFINITY;
+        s[n][e] = x;
+        cmax[k] = fmaxf(cmax[k], x);
+      }
+    float base[2];
+    bool moved = false;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 1));
+      cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 2));
+      moved |= cmax[k] > mx[k];
     }
-  float base[2];
+    // Rescale only when some row's maximum moved (after the first chunks: rarely).
+    if (__any_sync(kFull, moved)) {
 #pragma unroll
-  for (int k = 0; k < 2; ++k) {
-    cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 1));
-    cmax[k] = fmaxf(cmax[k], __shfl_xor_sync(kFull, cmax[k], 2));
-    const float mn = fmaxf(mx[k], cmax[k]);
-    base[k] = mn == -INFINITY ? 0.f : mn;
-    const float corr = exp2f(mx[k] - base[k]);
-    mx[k] = mn;
-    l[k] *= corr;
+      for (int k = 0; k < 2; ++k) {
+        const float mn = fmaxf(mx[k], cmax[k]);
+        const float corr = exp2f(mx[k] - (mn == -INFINITY ? 0.f : mn));
+        mx[k] = mn;
+        l[k] *= corr;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][2 * k] *= corr;
-      o[n][2 * k + 1] *= corr;
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < NK; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float p = exp2f(s[n][e] - base[e >> 1]);
-      s[n][e] = p;
-      l[e >> 1] += p;
+        for (int n = 0; n < D / 8; ++n) {
+          o[n][2 * k] *= corr;
+          o[n][2 * k + 1] *= corr;
+        }
+      }
     }
 #pragma unroll
-  for (int kc = 0; kc < NK / 2; ++kc) {
-    const uint32_t pa[4] = {pack2<MT>(s[2 * kc][0], s[2 * kc][1]), pack2<MT>(s[2 * kc][2], s[2 * kc][3]),
-                            pack2<MT>(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack2<MT>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+    for (int k = 0; k < 2; ++k) base[k] = mx[k] == -INFINITY ? 0.f : mx[k];
 #pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      uint32_t vb[4];
-      ldsm_x4_t(vb, va + ((kc * 16 + rr + (mi & 1) * 8) * LD + dp * 16 + (mi >> 1) * 8) * 2);
-      mma_tc<MT>(o[2 * dp], pa, vb[0], vb[1]);
-      mma_tc<MT>(o[2 * dp + 1], pa, vb[2], vb[3]);
+    for (int n = 0; n < NK; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[n][e] - base[e >> 1]);
+        s[n][e] = p;
+        l[e >> 1] += p;
+      }
+#pragma unroll
+    for (int kc = 0; kc < NK / 2; ++kc) {
+      const uint32_t pa[4] = {pack2<MT>(s[2 * kc][0], s[2 * kc][1]), pack2<MT>(s[2 * kc][2], s[2 * kc][3]),
+                              pack2<MT>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                              pack2<MT>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vb[4];
+        ldsm_x4_t(vb, va + ((kh + kc * 16 + rr + (mi & 1) * 8) * LD + dp * 16 + (mi >> 1) * 8) * 2);
+        mma_tc<MT>(o[2 * dp], pa, vb[0], vb[1]);
+        mma_tc<MT>(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
     }
   }
 }
@@ -171,10 +188,38 @@ __device__ __forceinline__ void tc_build_q(const AttnArgs& a, uint16_t* Qs, floa
   }
 }
 
+// Bytes of one staged chunk of rows (phase 1): kTcKeys rows of row_bytes, load_span's alignment slack
+// (< 16) and the 8-byte word pair decode8 may read past a row's last code word.
+__host__ __device__ inline int tc_span(int row_bytes) { return (kTcKeys * row_bytes + 32 + 15) & ~15; }
+template <int D>
+__host__ __device__ inline int tc_smem_bytes(int Rk, int Rv) { return TcSmem<D>::bytes + 2 * (tc_span(Rk) + tc_span(Rv)); }
+
+// Coordinates 8 grp .. 8 grp + 7 of a staged row (scale word, then the LSB-first code stream; bits in
+// {1, 2, 3, 4, 8}, so the 8 codes lie in two consecutive words) as scale x centroid, packed fp16.
+__device__ __forceinline__ uint4 decode8(const uint8_t* row, int grp, int bits, const float* cb) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(row);
+  const float sc = __uint_as_float(w[0]);
+  float x[8];
+  if (bits == 4) {  // the common case: one word, fixed shifts
+    const uint32_t w0 = w[1 + grp];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) x[u] = sc * cb[(w0 >> (4 * u)) & 15u];
+    return pack8<__half>(x);
+  }
+  const int bit0 = grp * 8 * bits, wi = 1 + (bit0 >> 5), sh = bit0 & 31;
+  const uint32_t w0 = w[wi], w1 = w[wi + 1], mask = (1u << bits) - 1u;
+#pragma unroll
+  for (int u = 0; u < 8; ++u) {
+    const int pos = sh + u * bits;
+    x[u] = sc * cb[(pos < 32 ? __funnelshift_r(w0, w1, pos) : w1 >> (pos - 32)) & mask];
+  }
+  return pack8<__half>(x);
+}
+
 template <typename T, int D, bool HAD, bool RING>
-__global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(AttnArgs a) {
   using L = TcSmem<D>;
-  constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8;
+  constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8, kTcItems = (kTcKeys * NG + kTcWarps * 32 - 1) / (kTcWarps * 32);
   extern __shared__ float4 tc_sm4[];
   uint8_t* sm = reinterpret_cast<uint8_t*>(tc_sm4);
   float* kcb = reinterpret_cast<float*>(sm);
@@ -207,12 +252,19 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a
   const int pmax = past + min(i0 + QT, nvalid) - 1;
   const int jlo = a.window > 0 ? max(0, past + i0 - a.window + 1) : 0;  // the tile's first token sees most
   const int comp_hi = RING ? max(0, past - a.R) : past;
-  // Whether any of the warp's rows sees a key of [j0, j0 + kTcKeys) below jend.
+  // Whether any of the warp's rows sees a key of [j0, j0 + kTcKeys) below jend; whether all rows see all.
   auto warp_needs = [&](int j0, int jend) {
     bool need = false;
 #pragma unroll
     for (int k = 0; k < 2; ++k) need |= q.ok[k] && j0 <= q.p[k] && j0 + kTcKeys > q.lo[k] && j0 < jend;
     return __any_sync(kFull, need);
+  };
+  auto warp_full = [&](int j0, int jend) {
+    const int j1 = j0 + kTcKeys - 1;
+    bool all = j1 < jend;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) all &= q.ok[k] && q.lo[k] <= j0 && j1 <= q.p[k];
+    return __all_sync(kFull, all);
   };
   const uint32_t qa = smem_u32(Qs + warp * 16 * LD), ka = smem_u32(Ks), va = smem_u32(Vs);
   float o[D / 8][4], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -224,30 +276,41 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a
     for (int k = tid; k < (1 << a.kbits); k += blockDim.x) kcb[k] = a.kcb[k];
     for (int k = tid; k < (1 << a.vbits); k += blockDim.x) vcb[k] = a.vcb[k];
     tc_build_q<__half, D, HAD, true>(a, Qs, reinterpret_cast<float*>(Ks) + warp * D, b, g, i0, nvalid, warp, lane);
-    for (int j0 = jlo; j0 < comp_hi; j0 += kTcKeys) {
-      __syncthreads();  // the previous chunk is consumed (the first time: Qs, codebooks, rotation scratch)
-      for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
-        const int row = idx / NG, grp = idx - row * NG, j = j0 + row;
-        uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
-        if (j < comp_hi) {
-          const uint32_t* kr = reinterpret_cast<const uint32_t*>(a.pk + (head_row0 + j) * a.Rk);
-          const uint32_t* vr = reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint8_t*>(a.pv) +
-                                                                 (head_row0 + j) * a.Rv);
-          const float ks = __uint_as_float(kr[0]), vs = __uint_as_float(vr[0]);
-          float kx[8], vx[8];
+    // The chunks' row bytes go through a 2-stage cp.async ring (the next chunk loads while this one is
+    // decoded and used), then are decoded shared -> shared.
+    uint8_t* raw = sm + TcSmem<D>::bytes;
+    const int kspan = tc_span(a.Rk), vspan = tc_span(a.Rv);
+    const uint8_t* pvb = reinterpret_cast<const uint8_t*>(a.pv);
+    auto stage = [&](int j0, int st) {
+      const int n = min(kTcKeys, comp_hi - j0);
+      uint8_t* base = raw + st * (kspan + vspan);
+      load_span(base, a.pk + (head_row0 + j0) * a.Rk, n * a.Rk);
+      load_span(base + kspan, pvb + (head_row0 + j0) * a.Rv, n * a.Rv);
+    };
+    stage(jlo, 0);
+    cp_commit();
+    for (int j0 = jlo, st = 0; j0 < comp_hi; j0 += kTcKeys, st ^= 1) {
+      if (j0 + kTcKeys < comp_hi) stage(j0 + kTcKeys, st ^ 1);
+      cp_commit();  // (an empty group at the last chunk keeps wait_group 1 meaning "this chunk is in")
+      cp_wait<1>();
+      __syncthreads();  // this chunk's bytes are in; the previous chunk is consumed (first: Qs, codebooks)
+      const uint8_t* kb = raw + st * (kspan + vspan) + ((uintptr_t)(a.pk + (head_row0 + j0) * a.Rk) & 15);
+      const uint8_t* vb = raw + st * (kspan + vspan) + kspan + ((uintptr_t)(pvb + (head_row0 + j0) * a.Rv) & 15);
 #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            kx[u] = ks * kcb[get_bits(kr + 1, (grp * 8 + u) * a.kbits, a.kbits)];
-            vx[u] = vs * vcb[get_bits(vr + 1, (grp * 8 + u) * a.vbits, a.vbits)];
-          }
-          kw = pack8<__half>(kx);
-          vw = pack8<__half>(vx);
+      for (int it = 0; it < kTcItems; ++it) {  // unrolled: the items' shared loads overlap
+        const int idx = tid + it * kTcWarps * 32, row = idx / NG, grp = idx - row * NG;
+        if (idx >= kTcKeys * NG) break;
+        uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+        if (j0 + row < comp_hi) {
+          kw = decode8(kb + row * a.Rk, grp, a.kbits, kcb);
+          vw = decode8(vb + row * a.Rv, grp, a.vbits, vcb);
         }
         *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
         *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
       }
       __syncthreads();
-      if (warp_needs(j0, comp_hi)) tc_chunk<__half, D>(qa, ka, va, j0, comp_hi, q, a.softcap, o, mx, l, lane);
+      if (warp_needs(j0, comp_hi))
+        tc_chunk<__half, D>(qa, ka, va, j0, comp_hi, q, warp_full(j0, comp_hi), a.softcap, o, mx, l, lane);
     }
     // Back to the original basis: O <- R^T O row by row, half the warps at a time through scratch
     // (the chunk buffers); Qs is the rotation's per-warp buffer.
@@ -297,8 +360,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a
   const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
   for (int j0 = x0; j0 <= pmax; j0 += kTcKeys) {
     __syncthreads();
-    for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
-      const int row = idx / NG, grp = idx - row * NG, j = j0 + row;
+#pragma unroll
+    for (int it = 0; it < kTcItems; ++it) {  // unrolled: the items' global loads are in flight together
+      const int idx = tid + it * kTcWarps * 32, row = idx / NG, grp = idx - row * NG, j = j0 + row;
+      if (idx >= kTcKeys * NG) break;
       uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
       if (j <= pmax) {
         if (RING && j < past) {
@@ -318,7 +383,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 1) prefill_tc_kernel(AttnArgs a
       *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
     }
     __syncthreads();
-    if (warp_needs(j0, pmax + 1)) tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, a.softcap, o, mx, l, lane);
+    if (warp_needs(j0, pmax + 1))
+      tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, warp_full(j0, pmax + 1), a.softcap, o, mx, l, lane);
   }
 
 #pragma unroll
