@@ -1847,15 +1847,33 @@ static bool prefill_rows_ok(const TqAttnParams* p) {
          G <= kPreQ && prefill_smem_floats((int)p->d) * sizeof(float) <= (size_t)smem_optin_limit();
 }
 
+// Splits per query tile of prefill_tc_kernel: enough blocks for two per SM when the tiles alone are fewer,
+// each split at least 4 chunks of cached rows (TQ_CUDA_PREFILL_SPLITS=n fixes it; 1 = no split).
+static int prefill_tc_splits(const TqAttnParams* p) {
+  static const int forced = env_int("TQ_CUDA_PREFILL_SPLITS");
+  const int64_t tiles = (p->S + kTcQ / (p->Hq / p->Hkv) - 1) / (kTcQ / (p->Hq / p->Hkv));
+  const int64_t blocks = tiles * p->Hkv * p->B, want = 2 * (int64_t)num_sms();
+  int64_t ns = forced > 0 ? forced : blocks >= want ? 1 : (want + blocks - 1) / blocks;
+  const int64_t most = forced > 0 ? 64 : (p->Pp / kTcKeys) / 4;
+  if (ns > most) ns = most;
+  if (ns > 64) ns = 64;
+  return ns < 1 ? 1 : (int)ns;
+}
+
 template <typename T, int D, bool HAD, bool RING>
-static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, cudaStream_t stream) {
+static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const Workspace& ws, cudaStream_t stream) {
   const int QT = kTcQ / (int)(p->Hq / p->Hkv);
   const int smem = tc_smem_bytes<D>(aa.Rk, aa.Rv);
+  const TcSplits sp{prefill_tc_splits(p), ws.part_o, ws.part_ml};
   static int raised[64] = {0};
   const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, smem, raised);
   if (e != cudaSuccess) return (int)e;
-  prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)((p->S + QT - 1) / QT), (unsigned)p->Hkv, (unsigned)p->B),
-                                       kTcWarps * 32, smem, stream>>>(aa);
+  prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)(((p->S + QT - 1) / QT) * sp.n), (unsigned)p->Hkv,
+                                            (unsigned)p->B), kTcWarps * 32, smem, stream>>>(aa, sp);
+  if (sp.n > 1) {
+    const int64_t warps = p->B * p->S * p->Hq;
+    prefill_merge_kernel<T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(aa, sp);
+  }
   return (int)cudaGetLastError();
 }
 
@@ -1870,6 +1888,11 @@ static Workspace carve(const TqAttnParams* p, void* base) {
   if (!fast_path_ok(p)) {  // the simple path's float32 q and k (the fast path reads the inputs)
     w.qf = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
     w.kf = (float*)take(sizeof(float) * p->B * p->S * p->Hkv * p->d);
+    if (prefill_tc_ok(p) && prefill_tc_splits(p) > 1) {
+      const size_t n = (size_t)p->B * p->S * p->Hq * prefill_tc_splits(p);
+      w.part_o = (float*)take(sizeof(float) * n * p->d);
+      w.part_ml = (float*)take(sizeof(float) * n * 2);
+    }
     if (prefill_rows_ok(p)) {
       w.pre_o = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
       w.pre_ml = (float*)take(sizeof(float) * p->B * p->S * p->Hq * 2);
@@ -2071,10 +2094,10 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     if (prefill_tc_ok(p)) {
       int rc = -1;
       switch (aa.d) {  // E matches: run_attention_e picked it from d
-        case 64: if constexpr (E == 2) rc = launch_prefill_tc<T, 64, HAD, RING>(p, aa, stream); break;
-        case 80: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 80, HAD, RING>(p, aa, stream); break;
-        case 96: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 96, HAD, RING>(p, aa, stream); break;
-        case 128: if constexpr (E == 4) rc = launch_prefill_tc<T, 128, HAD, RING>(p, aa, stream); break;
+        case 64: if constexpr (E == 2) rc = launch_prefill_tc<T, 64, HAD, RING>(p, aa, ws, stream); break;
+        case 80: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 80, HAD, RING>(p, aa, ws, stream); break;
+        case 96: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 96, HAD, RING>(p, aa, ws, stream); break;
+        case 128: if constexpr (E == 4) rc = launch_prefill_tc<T, 128, HAD, RING>(p, aa, ws, stream); break;
         default: break;
       }
       return rc ? rc : write_new_ring_slots<T, RING>(p, aa, stream);

@@ -62,6 +62,15 @@ __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return make_uint4(pack2<MT>(v[0], v[1]), pack2<MT>(v[2], v[3]), pack2<MT>(v[4], v[5]), pack2<MT>(v[6], v[7]));
 }
 
+// Split-K over the compressed rows (few query tiles, long cache: e.g. S = 2..16 speculative steps): ns
+// blocks per tile, each a contiguous share of the chunks; the last one also does the exact rows. With
+// ns > 1 each block writes its per-query partials, merged by prefill_merge_kernel.
+struct TcSplits {
+  int n;           // splits per tile (1: the kernel writes the output)
+  float* part_o;   // [B*S*Hq, n, d] unnormalized accumulators (original basis)
+  float* part_ml;  // [B*S*Hq, n, 2] max (log2 domain), sum
+};
+
 // Per thread: the two accumulator rows' query slots (r and r + 8 of the warp's 16).
 struct TcRows {
   int p[2], lo[2];  // position of the query, first visible key
@@ -217,7 +226,7 @@ __device__ __forceinline__ uint4 decode8(const uint8_t* row, int grp, int bits, 
 }
 
 template <typename T, int D, bool HAD, bool RING>
-__global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(AttnArgs a, TcSplits sp) {
   using L = TcSmem<D>;
   constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8, kTcItems = (kTcKeys * NG + kTcWarps * 32 - 1) / (kTcWarps * 32);
   extern __shared__ float4 tc_sm4[];
@@ -228,12 +237,14 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
   uint16_t* Ks = reinterpret_cast<uint16_t*>(sm + L::kCb + L::kQ);
   uint16_t* Vs = Ks + kTcKeys * LD;
   const int G = a.Hq / a.Hkv, QT = kTcQ / G;
-  const int b = blockIdx.z, g = blockIdx.y, i0 = (gridDim.x - 1 - blockIdx.x) * QT;  // the longest tiles first
+  const int ns = sp.n, split = blockIdx.x % ns, tiles = gridDim.x / ns;
+  const int b = blockIdx.z, g = blockIdx.y, i0 = (tiles - 1 - blockIdx.x / ns) * QT;  // the longest tiles first
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, r = lane >> 2, t = lane & 3;
   T* out = reinterpret_cast<T*>(a.out);
   int Lb, past, nvalid;
   const bool geo = batch_geometry(a.seqlens, b, a.S, a.Pp, Lb, past, nvalid);
   if (!geo || i0 >= nvalid) {  // bad seqlens: NaN (as the simple kernel); right padding: zeros
+    if (ns > 1) return;  // prefill_merge_kernel writes these
     const float fill = geo ? 0.f : __int_as_float(0x7fc00000);
     for (int idx = tid; idx < QT * G * D; idx += blockDim.x) {
       const int m = idx / D, c = idx - m * D, i = i0 + m / G;
@@ -252,6 +263,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
   const int pmax = past + min(i0 + QT, nvalid) - 1;
   const int jlo = a.window > 0 ? max(0, past + i0 - a.window + 1) : 0;  // the tile's first token sees most
   const int comp_hi = RING ? max(0, past - a.R) : past;
+  // This split's share of the compressed rows' chunks (all of them when ns = 1).
+  const int nch = comp_hi > jlo ? (comp_hi - jlo + kTcKeys - 1) / kTcKeys : 0;
+  const int p1_lo = jlo + kTcKeys * (int)((int64_t)nch * split / ns);
+  const int p1_hi = min(comp_hi, jlo + kTcKeys * (int)((int64_t)nch * (split + 1) / ns));
   // Whether any of the warp's rows sees a key of [j0, j0 + kTcKeys) below jend; whether all rows see all.
   auto warp_needs = [&](int j0, int jend) {
     bool need = false;
@@ -272,7 +287,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   const int64_t head_row0 = ((int64_t)b * a.Hkv + g) * a.Pp;
 
-  if (jlo < comp_hi) {  // phase 1: the compressed rows, in the rotated domain
+  if (p1_lo < p1_hi) {  // phase 1: the compressed rows, in the rotated domain
     for (int k = tid; k < (1 << a.kbits); k += blockDim.x) kcb[k] = a.kcb[k];
     for (int k = tid; k < (1 << a.vbits); k += blockDim.x) vcb[k] = a.vcb[k];
     tc_build_q<__half, D, HAD, true>(a, Qs, reinterpret_cast<float*>(Ks) + warp * D, b, g, i0, nvalid, warp, lane);
@@ -282,15 +297,15 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     const int kspan = tc_span(a.Rk), vspan = tc_span(a.Rv);
     const uint8_t* pvb = reinterpret_cast<const uint8_t*>(a.pv);
     auto stage = [&](int j0, int st) {
-      const int n = min(kTcKeys, comp_hi - j0);
+      const int n = min(kTcKeys, p1_hi - j0);
       uint8_t* base = raw + st * (kspan + vspan);
       load_span(base, a.pk + (head_row0 + j0) * a.Rk, n * a.Rk);
       load_span(base + kspan, pvb + (head_row0 + j0) * a.Rv, n * a.Rv);
     };
-    stage(jlo, 0);
+    stage(p1_lo, 0);
     cp_commit();
-    for (int j0 = jlo, st = 0; j0 < comp_hi; j0 += kTcKeys, st ^= 1) {
-      if (j0 + kTcKeys < comp_hi) stage(j0 + kTcKeys, st ^ 1);
+    for (int j0 = p1_lo, st = 0; j0 < p1_hi; j0 += kTcKeys, st ^= 1) {
+      if (j0 + kTcKeys < p1_hi) stage(j0 + kTcKeys, st ^ 1);
       cp_commit();  // (an empty group at the last chunk keeps wait_group 1 meaning "this chunk is in")
       cp_wait<1>();
       __syncthreads();  // this chunk's bytes are in; the previous chunk is consumed (first: Qs, codebooks)
@@ -301,7 +316,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
         const int idx = tid + it * kTcWarps * 32, row = idx / NG, grp = idx - row * NG;
         if (idx >= kTcKeys * NG) break;
         uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
-        if (j0 + row < comp_hi) {
+        if (j0 + row < p1_hi) {
           kw = decode8(kb + row * a.Rk, grp, a.kbits, kcb);
           vw = decode8(vb + row * a.Rv, grp, a.vbits, vcb);
         }
@@ -309,8 +324,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
         *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
       }
       __syncthreads();
-      if (warp_needs(j0, comp_hi))
-        tc_chunk<__half, D>(qa, ka, va, j0, comp_hi, q, warp_full(j0, comp_hi), a.softcap, o, mx, l, lane);
+      if (warp_needs(j0, p1_hi))
+        tc_chunk<__half, D>(qa, ka, va, j0, p1_hi, q, warp_full(j0, p1_hi), a.softcap, o, mx, l, lane);
     }
     // Back to the original basis: O <- R^T O row by row, half the warps at a time through scratch
     // (the chunk buffers); Qs is the rotation's per-warp buffer.
@@ -354,11 +369,13 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     __syncthreads();
   }
 
-  // Phase 2: the exact rows (ring positions [comp_hi, past), then the new tokens up to pmax), in T.
-  tc_build_q<T, D, HAD, false>(a, Qs, nullptr, b, g, i0, nvalid, warp, lane);
+  // Phase 2 (the last split): the exact rows (ring positions [comp_hi, past), then the new tokens up to
+  // pmax), in T.
+  const bool exact = split == ns - 1;
+  if (exact) tc_build_q<T, D, HAD, false>(a, Qs, nullptr, b, g, i0, nvalid, warp, lane);
   const int x0 = max(jlo, comp_hi);
   const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
-  for (int j0 = x0; j0 <= pmax; j0 += kTcKeys) {
+  for (int j0 = x0; exact && j0 <= pmax; j0 += kTcKeys) {
     __syncthreads();
 #pragma unroll
     for (int it = 0; it < kTcItems; ++it) {  // unrolled: the items' global loads are in flight together
@@ -393,10 +410,56 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     l[k] += __shfl_xor_sync(kFull, l[k], 2);
     const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
     if (m >= QT * G || i >= a.S) continue;
+    if (ns > 1) {  // this split's partial: unnormalized accumulator (original basis), max (log2), sum
+      if (!q.ok[k]) continue;
+      const int64_t pi = ((((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * ns + split);
+      float* po = sp.part_o + pi * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<float2*>(po + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
+      if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * pi) = make_float2(mx[k], l[k]);
+      continue;
+    }
     const float inv = q.ok[k] ? 1.f / l[k] : 0.f;  // padding queries: zeros
     T* orow = out + (((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t) = pack2<T>(o[n][2 * k] * inv, o[n][2 * k + 1] * inv);
   }
+}
+
+// One warp per (batch, token, head): the splits' partials -> output (NaN for bad seqlens, zeros for
+// right padding, as prefill_tc_kernel with one split).
+template <typename T>
+__global__ void __launch_bounds__(128) prefill_merge_kernel(AttnArgs a, TcSplits sp) {
+  const int64_t w = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (w >= (int64_t)a.B * a.S * a.Hq) return;
+  const int d = a.d, ns = sp.n;
+  const int i = (int)((w / a.Hq) % a.S), b = (int)(w / ((int64_t)a.Hq * a.S));
+  T* out = reinterpret_cast<T*>(a.out) + w * d;
+  int Lb, past, nvalid;
+  const bool geo = batch_geometry(a.seqlens, b, a.S, a.Pp, Lb, past, nvalid);
+  if (!geo || i >= nvalid) {
+    const float fill = geo ? 0.f : __int_as_float(0x7fc00000);
+    for (int c = lane; c < d; c += 32) out[c] = from_f<T>(fill);
+    return;
+  }
+  const float* ml = sp.part_ml + w * ns * 2;
+  float M = -INFINITY;
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, ml[2 * s]);
+  float L = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s = 0; s < ns; ++s) {
+    const float ms = ml[2 * s];
+    const float wgt = ms == -INFINITY ? 0.f : exp2f(ms - M);
+    L += wgt * ml[2 * s + 1];
+    const float* po = sp.part_o + (w * ns + s) * d;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (e * 32 + lane < d) acc[e] += wgt * po[e * 32 + lane];
+  }
+  const float inv = 1.f / L;
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    if (e * 32 + lane < d) out[e * 32 + lane] = from_f<T>(acc[e] * inv);
 }

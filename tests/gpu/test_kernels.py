@@ -582,8 +582,14 @@ def attention_cases(quick):
                      dict(B=2, S=77, Hq=16, Hkv=2, d=80, kb=3, vb=3, dtype="float16", dense=True, shared=True,
                           past_lens=[129, 64], R=48, seed=607),
                      dict(B=1, S=3, Hq=128, Hkv=1, d=128, kb=4, vb=3, dtype="bfloat16", shared=True,
-                          past_lens=[200], seed=608)]
-    yield from (long_prefill[:1] + long_prefill[5:6] if quick else long_prefill)
+                          past_lens=[200], seed=608),
+                     # few query tiles over long caches: split-K over the cached rows + prefill_merge_kernel
+                     # (different lengths per batch row, window, ring, padding)
+                     dict(B=1, S=4, Hq=32, Hkv=8, d=128, kb=4, vb=4, dtype="float16", shared=True,
+                          past_lens=[5000], rotary=True, seed=609),
+                     dict(B=3, S=2, Hq=16, Hkv=4, d=64, kb=3, vb=3, dtype="bfloat16", shared=False,
+                          past_lens=[3000, 700, -1], window=1000, R=32, seed=610)]
+    yield from (long_prefill[:1] + long_prefill[5:6] + long_prefill[10:11] if quick else long_prefill)
     if quick:
         yield dict(B=3, S=6, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=False, past_lens=[0, 20, -2],
                    rotary=True, seed=7)
