@@ -27,23 +27,27 @@ from bench_attention import median_event_time as median_us  # noqa: E402
 HQ, HKV, D = 32, 8, 128
 
 
-def tq_step(lib, S: int, past: int, bits: int = 4):
+DTYPES = {"float16": (torch.float16, 10), "bfloat16": (torch.bfloat16, 16), "float32": (torch.float32, 1)}
+
+
+def tq_step(lib, S: int, past: int, bits: int = 4, dtype: str = "float16"):
     cap = past + S + 16
     R = codec.row_bytes(D, bits)
     pk = torch.randint(0, 256, (1, HKV, cap, R), dtype=torch.uint8, device="cuda")
     pv = torch.randint(0, 256, (1, HKV, cap, R), dtype=torch.uint8, device="cuda")
     for t in (pk, pv):  # scales: small positive floats, so scores stay finite
         t[..., :4] = torch.tensor([0, 0, 0x80, 0x3c], dtype=torch.uint8, device="cuda")
-    q = torch.randn(1, S, HQ * D, device="cuda", dtype=torch.float16)
-    k = torch.randn(1, S, HKV * D, device="cuda", dtype=torch.float16)
-    v = torch.randn(1, S, HKV * D, device="cuda", dtype=torch.float16)
+    tdt, code = DTYPES[dtype]
+    q = torch.randn(1, S, HQ * D, device="cuda", dtype=tdt)
+    k = torch.randn(1, S, HKV * D, device="cuda", dtype=tdt)
+    v = torch.randn(1, S, HKV * D, device="cuda", dtype=tdt)
     out = torch.empty_like(q)
     sl = torch.full((1,), past + S - 1, dtype=torch.int32, device="cuda")
     rot, cb = torch.from_numpy(codec.rotation(D, 0)).cuda(), torch.from_numpy(codec.codebook(D, bits)).cuda()
     p = tqcuda.attention_params(
         query=tqcuda.ptr(q), key=tqcuda.ptr(k), value=tqcuda.ptr(v), past_key=tqcuda.ptr(pk), past_value=tqcuda.ptr(pv),
         present_key=tqcuda.ptr(pk), present_value=tqcuda.ptr(pv), seqlens_k=tqcuda.ptr(sl), rotation=tqcuda.ptr(rot),
-        key_codebook=tqcuda.ptr(cb), value_codebook=tqcuda.ptr(cb), output=tqcuda.ptr(out), dtype=10, B=1, S=S, Hq=HQ,
+        key_codebook=tqcuda.ptr(cb), value_codebook=tqcuda.ptr(cb), output=tqcuda.ptr(out), dtype=code, B=1, S=S, Hq=HQ,
         Hkv=HKV, d=D, P=cap, Pp=cap, rot_rank=1, key_bits=bits, value_bits=bits, m=D, local_window=-1)
     wsb = lib.tq_cuda_attention_workspace(p)
     ws = torch.empty(max(wsb, 1), dtype=torch.uint8, device="cuda")
@@ -70,21 +74,22 @@ def main() -> int:
     ap.add_argument("--libs", default=os.environ.get("TQ_CUDA_LIB", "build/gpu/libtq_cuda.so"))
     ap.add_argument("--S", type=int, default=1024, help="new tokens per step")
     ap.add_argument("--past", default="0,4096,16384", help="cached rows before the step (comma-separated)")
+    ap.add_argument("--dtype", default="float16", choices=sorted(DTYPES), help="query/key/value type of the TQ step")
     args = ap.parse_args()
     lib = tqcuda.load(args.libs.split(",")[0])
     props = torch.cuda.get_device_properties(0)
     mode = {"0": "simple kernel only (TQ_CUDA_PREFILL=0)", "1": "rows kernel v14 (TQ_CUDA_PREFILL=1)"}.get(
         os.environ.get("TQ_CUDA_PREFILL", ""), "tensor cores (default)")
-    print(f"GPU {props.name}, torch {torch.__version__}; TurboQuantAttention prefill, {mode}")
+    print(f"GPU {props.name}, torch {torch.__version__}; TurboQuantAttention prefill, {mode}, {args.dtype}")
     rows = []
     print("| past | S | TQ4 step ms | fp16 SDPA (masked) ms |")
     print("|---|---|---|---|")
     for past in (int(x) for x in args.past.split(",")):
-        fn, out = tq_step(lib, args.S, past)
+        fn, out = tq_step(lib, args.S, past, dtype=args.dtype)
         t = median_us(fn, iters=5, warm=2) / 1e3
         finite = bool(torch.isfinite(out).all())
         ts = median_us(sdpa_step(args.S, past), iters=10, warm=3) / 1e3
-        rows.append({"past": past, "S": args.S, "tq4_ms": t, "sdpa_ms": ts, "finite": finite})
+        rows.append({"past": past, "S": args.S, "dtype": args.dtype, "tq4_ms": t, "sdpa_ms": ts, "finite": finite})
         print(f"| {past} | {args.S} | {t:.2f} | {ts:.2f} |" + ("" if finite else " (non-finite output!)"))
         del fn, out
         torch.cuda.empty_cache()

@@ -1830,19 +1830,26 @@ static int prefill_mode() {
   return mode;
 }
 
-// Whether prefill_tc_kernel computes the whole prefill (fp16/bf16, no QJL, compressed values, d a
-// multiple of 16 up to 128, G <= 128; force_path = 1 keeps the simple kernel for the tests).
-static bool prefill_tc_ok(const TqAttnParams* p) {
+// Whether prefill_tc_kernel applies (no QJL, compressed values, d in {64, 80, 96, 128}, Hadamard only for
+// 64 and 128, G <= 128; force_path = 1 keeps the simple kernel for the tests).
+static bool prefill_tc_shape_ok(const TqAttnParams* p) {
   const int d = (int)p->d, G = (int)(p->Hq / p->Hkv);
   return prefill_mode() == 2 && p->force_path != 1 && p->S > 1 && !p->use_qjl && p->value_bits > 0 &&
-         (p->dtype == 10 || p->dtype == 16) && (d == 64 || d == 80 || d == 96 || d == 128) && G <= kTcQ &&
-         (p->rot_rank != 1 || d == 64 || d == 128) &&
+         (d == 64 || d == 80 || d == 96 || d == 128) && G <= kTcQ && (p->rot_rank != 1 || d == 64 || d == 128) &&
          tc_smem_bytes<128>(row_bytes(128, 8, 0, 0), row_bytes(128, 8, 0, 0)) <= smem_optin_limit();
 }
+// fp16/bf16: prefill_tc_kernel computes the whole prefill. float32: it computes the compressed rows'
+// partials (prefill_tc_f32) and attn_simple_kernel the exact rest in float32.
+static bool prefill_tc_ok(const TqAttnParams* p) {
+  return (p->dtype == 10 || p->dtype == 16) && prefill_tc_shape_ok(p);
+}
+static bool prefill_tc_f32(const TqAttnParams* p) { return p->dtype == 1 && prefill_tc_shape_ok(p); }
 
-// Whether a prefill runs prefill_rows_kernel for the compressed rows before the simple kernel.
+// Whether a prefill computes the compressed rows' partials before the simple kernel (prefill_rows_kernel,
+// or prefill_tc_kernel for float32 inputs): the workspace holds them.
 static bool prefill_rows_ok(const TqAttnParams* p) {
   const int G = (int)(p->Hq / p->Hkv);
+  if (prefill_tc_f32(p)) return true;  // the partials come from prefill_tc_kernel<float> instead
   return prefill_mode() != 0 && !prefill_tc_ok(p) && p->S > 1 && !p->use_qjl && p->value_bits > 0 && p->d <= 128 &&
          G <= kPreQ && prefill_smem_floats((int)p->d) * sizeof(float) <= (size_t)smem_optin_limit();
 }
@@ -1861,20 +1868,32 @@ static int prefill_tc_splits(const TqAttnParams* p) {
 }
 
 template <typename T, int D, bool HAD, bool RING>
-static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const Workspace& ws, cudaStream_t stream) {
+static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const TcSplits& sp, cudaStream_t stream) {
   const int QT = kTcQ / (int)(p->Hq / p->Hkv);
   const int smem = tc_smem_bytes<D>(aa.Rk, aa.Rv);
-  const TcSplits sp{prefill_tc_splits(p), ws.part_o, ws.part_ml};
   static int raised[64] = {0};
   const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, smem, raised);
   if (e != cudaSuccess) return (int)e;
   prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)(((p->S + QT - 1) / QT) * sp.n), (unsigned)p->Hkv,
                                             (unsigned)p->B), kTcWarps * 32, smem, stream>>>(aa, sp);
-  if (sp.n > 1) {
+  if (sp.n > 1) {  // (float32 runs one split: attn_simple_kernel continues from the partials)
     const int64_t warps = p->B * p->S * p->Hq;
     prefill_merge_kernel<T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(aa, sp);
   }
   return (int)cudaGetLastError();
+}
+
+// prefill_tc_kernel for this d (E, the simple path's registers per lane, follows from d).
+template <typename T, int E, bool HAD, bool RING>
+static int dispatch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const TcSplits& sp, cudaStream_t stream) {
+  switch (aa.d) {
+    case 64: if constexpr (E == 2) return launch_prefill_tc<T, 64, HAD, RING>(p, aa, sp, stream); break;
+    case 80: if constexpr (E == 3 && !HAD) return launch_prefill_tc<T, 80, HAD, RING>(p, aa, sp, stream); break;
+    case 96: if constexpr (E == 3 && !HAD) return launch_prefill_tc<T, 96, HAD, RING>(p, aa, sp, stream); break;
+    case 128: if constexpr (E == 4) return launch_prefill_tc<T, 128, HAD, RING>(p, aa, sp, stream); break;
+    default: break;
+  }
+  return -1;
 }
 
 static Workspace carve(const TqAttnParams* p, void* base) {
@@ -2090,21 +2109,18 @@ static int run_attention_t(const TqAttnParams* p, const AttnArgs& aa, const Work
     return launch_pdl(decode_combine_kernel<E>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, true, fin,
                       (const float*)ws.part_o, (const float*)ws.part_ml, ns, (int)p->dtype, HAD ? 1 : 0);
   }
-  if constexpr (!std::is_same<T, float>::value) {
-    if (prefill_tc_ok(p)) {
-      int rc = -1;
-      switch (aa.d) {  // E matches: run_attention_e picked it from d
-        case 64: if constexpr (E == 2) rc = launch_prefill_tc<T, 64, HAD, RING>(p, aa, ws, stream); break;
-        case 80: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 80, HAD, RING>(p, aa, ws, stream); break;
-        case 96: if constexpr (E == 3 && !HAD) rc = launch_prefill_tc<T, 96, HAD, RING>(p, aa, ws, stream); break;
-        case 128: if constexpr (E == 4) rc = launch_prefill_tc<T, 128, HAD, RING>(p, aa, ws, stream); break;
-        default: break;
-      }
-      return rc ? rc : write_new_ring_slots<T, RING>(p, aa, stream);
-    }
+  if (prefill_tc_ok(p)) {
+    const TcSplits sp{prefill_tc_splits(p), ws.part_o, ws.part_ml};
+    const int rc = dispatch_prefill_tc<T, E, HAD, RING>(p, aa, sp, stream);
+    return rc ? rc : write_new_ring_slots<T, RING>(p, aa, stream);
   }
   AttnArgs sa = aa;
-  if (ws.pre_o) {
+  if (ws.pre_o && prefill_tc_f32(p)) {  // float32: the compressed rows on tensor cores, the rest below
+    const int rc = dispatch_prefill_tc<T, E, HAD, RING>(p, aa, TcSplits{1, ws.pre_o, ws.pre_ml}, stream);
+    if (rc) return rc;
+    sa.pre_o = ws.pre_o;
+    sa.pre_ml = ws.pre_ml;
+  } else if (ws.pre_o) {
     if constexpr (E <= 4) {
       const int QT = kPreQ / (int)(p->Hq / p->Hkv);
       const int smem = (int)(prefill_smem_floats((int)p->d) * sizeof(float));

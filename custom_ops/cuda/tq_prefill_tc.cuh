@@ -228,6 +228,7 @@ __device__ __forceinline__ uint4 decode8(const uint8_t* row, int grp, int bits, 
 template <typename T, int D, bool HAD, bool RING>
 __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(AttnArgs a, TcSplits sp) {
   using L = TcSmem<D>;
+  constexpr bool kF32 = std::is_same<T, float>::value;  // phase 1 only, for attn_simple_kernel
   constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8, kTcItems = (kTcKeys * NG + kTcWarps * 32 - 1) / (kTcWarps * 32);
   extern __shared__ float4 tc_sm4[];
   uint8_t* sm = reinterpret_cast<uint8_t*>(tc_sm4);
@@ -244,7 +245,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
   int Lb, past, nvalid;
   const bool geo = batch_geometry(a.seqlens, b, a.S, a.Pp, Lb, past, nvalid);
   if (!geo || i0 >= nvalid) {  // bad seqlens: NaN (as the simple kernel); right padding: zeros
-    if (ns > 1) return;  // prefill_merge_kernel writes these
+    if (ns > 1 || kF32) return;  // prefill_merge_kernel / attn_simple_kernel writes these
     const float fill = geo ? 0.f : __int_as_float(0x7fc00000);
     for (int idx = tid; idx < QT * G * D; idx += blockDim.x) {
       const int m = idx / D, c = idx - m * D, i = i0 + m / G;
@@ -329,7 +330,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     }
     // Back to the original basis: O <- R^T O row by row, half the warps at a time through scratch
     // (the chunk buffers); Qs is the rotation's per-warp buffer.
-    for (int round = 0; round < 2; ++round) {
+    for (int round = 0; round < (kF32 ? 0 : 2); ++round) {
       __syncthreads();
       if ((warp >> 2) == round) {
         float* sc = reinterpret_cast<float*>(Ks) + (warp & 3) * 16 * D;
@@ -369,62 +370,79 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     __syncthreads();
   }
 
-  // Phase 2 (the last split): the exact rows (ring positions [comp_hi, past), then the new tokens up to
-  // pmax), in T.
-  const bool exact = split == ns - 1;
-  if (exact) tc_build_q<T, D, HAD, false>(a, Qs, nullptr, b, g, i0, nvalid, warp, lane);
-  const int x0 = max(jlo, comp_hi);
-  const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
-  for (int j0 = x0; exact && j0 <= pmax; j0 += kTcKeys) {
-    __syncthreads();
+  if constexpr (kF32) {
+    // float32 inputs: the compressed rows' partial per query in attn_simple_kernel's format (rotated
+    // accumulator, max in the natural-log domain, sum); it adds the ring and the new tokens in float32.
 #pragma unroll
-    for (int it = 0; it < kTcItems; ++it) {  // unrolled: the items' global loads are in flight together
-      const int idx = tid + it * kTcWarps * 32, row = idx / NG, grp = idx - row * NG, j = j0 + row;
-      if (idx >= kTcKeys * NG) break;
-      uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
-      if (j <= pmax) {
-        if (RING && j < past) {
-          const int64_t off = (ring0 + j % a.R) * D + grp * 8;
-          kw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.kr) + off);
-          vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.vr) + off);
-        } else {
-          const int64_t off = (((int64_t)b * a.S + (j - past)) * a.Hkv + g) * D + grp * 8;
-          const float4 k0 = *reinterpret_cast<const float4*>(a.kf + off);
-          const float4 k1 = *reinterpret_cast<const float4*>(a.kf + off + 4);
-          const float kx[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
-          kw = pack8<T>(kx);
-          vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.value) + off);
-        }
-      }
-      *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
-      *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
-    }
-    __syncthreads();
-    if (warp_needs(j0, pmax + 1))
-      tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, warp_full(j0, pmax + 1), a.softcap, o, mx, l, lane);
-  }
-
-#pragma unroll
-  for (int k = 0; k < 2; ++k) {
-    l[k] += __shfl_xor_sync(kFull, l[k], 1);
-    l[k] += __shfl_xor_sync(kFull, l[k], 2);
-    const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
-    if (m >= QT * G || i >= a.S) continue;
-    if (ns > 1) {  // this split's partial: unnormalized accumulator (original basis), max (log2), sum
+    for (int k = 0; k < 2; ++k) {
+      l[k] += __shfl_xor_sync(kFull, l[k], 1);
+      l[k] += __shfl_xor_sync(kFull, l[k], 2);
+      const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
       if (!q.ok[k]) continue;
-      const int64_t pi = ((((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * ns + split);
-      float* po = sp.part_o + pi * D;
+      const int64_t qi = ((int64_t)b * a.S + i) * a.Hq + g * G + m % G;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<float2*>(po + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
-      if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * pi) = make_float2(mx[k], l[k]);
-      continue;
+        *reinterpret_cast<float2*>(sp.part_o + qi * D + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
+      if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * qi) = make_float2(mx[k] * 0.6931471805599453f, l[k]);
     }
-    const float inv = q.ok[k] ? 1.f / l[k] : 0.f;  // padding queries: zeros
-    T* orow = out + (((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D;
+  } else {
+    // Phase 2 (the last split): the exact rows (ring positions [comp_hi, past), then the new tokens up to
+    // pmax), in T.
+    const bool exact = split == ns - 1;
+    if (exact) tc_build_q<T, D, HAD, false>(a, Qs, nullptr, b, g, i0, nvalid, warp, lane);
+    const int x0 = max(jlo, comp_hi);
+    const int64_t ring0 = ((int64_t)b * a.Hkv + g) * a.R;
+    for (int j0 = x0; exact && j0 <= pmax; j0 += kTcKeys) {
+      __syncthreads();
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t) = pack2<T>(o[n][2 * k] * inv, o[n][2 * k + 1] * inv);
+      for (int it = 0; it < kTcItems; ++it) {  // unrolled: the items' global loads are in flight together
+        const int idx = tid + it * kTcWarps * 32, row = idx / NG, grp = idx - row * NG, j = j0 + row;
+        if (idx >= kTcKeys * NG) break;
+        uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = kw;
+        if (j <= pmax) {
+          if (RING && j < past) {
+            const int64_t off = (ring0 + j % a.R) * D + grp * 8;
+            kw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.kr) + off);
+            vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.vr) + off);
+          } else {
+            const int64_t off = (((int64_t)b * a.S + (j - past)) * a.Hkv + g) * D + grp * 8;
+            const float4 k0 = *reinterpret_cast<const float4*>(a.kf + off);
+            const float4 k1 = *reinterpret_cast<const float4*>(a.kf + off + 4);
+            const float kx[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+            kw = pack8<T>(kx);
+            vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.value) + off);
+          }
+        }
+        *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
+        *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
+      }
+      __syncthreads();
+      if (warp_needs(j0, pmax + 1))
+        tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, warp_full(j0, pmax + 1), a.softcap, o, mx, l, lane);
+    }
+
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      l[k] += __shfl_xor_sync(kFull, l[k], 1);
+      l[k] += __shfl_xor_sync(kFull, l[k], 2);
+      const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
+      if (m >= QT * G || i >= a.S) continue;
+      if (ns > 1) {  // this split's partial: unnormalized accumulator (original basis), max (log2), sum
+        if (!q.ok[k]) continue;
+        const int64_t pi = ((((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * ns + split);
+        float* po = sp.part_o + pi * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+          *reinterpret_cast<float2*>(po + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
+        if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * pi) = make_float2(mx[k], l[k]);
+        continue;
+      }
+      const float inv = q.ok[k] ? 1.f / l[k] : 0.f;  // padding queries: zeros
+      T* orow = out + (((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t) = pack2<T>(o[n][2 * k] * inv, o[n][2 * k + 1] * inv);
+    }
   }
 }
 

@@ -172,8 +172,8 @@ def run_decode(d, bits, use_qjl, out_dtype, dense, n=200, seed=1):
 # --------------------------------------------------------------------------------------- attention
 def uses_prefill_tc(S, force, dtype, qjl, vb, d, G, dense):
     """Whether the step runs prefill_tc_kernel (tensor cores: fp16 rounding of q, k and p, bf16 for bf16
-    inputs; the fast path's tolerances)."""
-    return (S > 1 and force != 1 and dtype != "float32" and not qjl and vb > 0 and d in (64, 80, 96, 128)
+    inputs; float32 inputs: the cached rows in fp16, the rest exact; the fast path's tolerances)."""
+    return (S > 1 and force != 1 and not qjl and vb > 0 and d in (64, 80, 96, 128)
             and G <= 128 and (dense or d in (64, 128)))
 
 
