@@ -1830,13 +1830,26 @@ static int prefill_mode() {
   return mode;
 }
 
-// Whether prefill_tc_kernel applies (no QJL, compressed values, d in {64, 80, 96, 128}, Hadamard only for
-// 64 and 128, G <= 128; force_path = 1 keeps the simple kernel for the tests).
+// Dynamic shared memory of prefill_tc_kernel for these parameters (0: d not supported).
+static int prefill_tc_smem(const TqAttnParams* p) {
+  const int d = (int)p->d, m = p->use_qjl ? (int)p->m : 0;
+  const int Rk = row_bytes(d, (int)p->key_bits, (int)p->use_qjl, (int)p->m), Rv = row_bytes(d, (int)p->value_bits, 0, 0);
+  switch (d) {
+    case 64: return tc_smem_bytes<64>(Rk, Rv, m);
+    case 80: return tc_smem_bytes<80>(Rk, Rv, m);
+    case 96: return tc_smem_bytes<96>(Rk, Rv, m);
+    case 128: return tc_smem_bytes<128>(Rk, Rv, m);
+    default: return 0;
+  }
+}
+
+// Whether prefill_tc_kernel applies (compressed values, d in {64, 80, 96, 128}, Hadamard only for 64 and
+// 128, G <= 128, QJL with m a multiple of 16 up to 256; force_path = 1 keeps the simple kernel for the tests).
 static bool prefill_tc_shape_ok(const TqAttnParams* p) {
-  const int d = (int)p->d, G = (int)(p->Hq / p->Hkv);
-  return prefill_mode() == 2 && p->force_path != 1 && p->S > 1 && !p->use_qjl && p->value_bits > 0 &&
-         (d == 64 || d == 80 || d == 96 || d == 128) && G <= kTcQ && (p->rot_rank != 1 || d == 64 || d == 128) &&
-         tc_smem_bytes<128>(row_bytes(128, 8, 0, 0), row_bytes(128, 8, 0, 0)) <= smem_optin_limit();
+  const int d = (int)p->d, G = (int)(p->Hq / p->Hkv), smem = prefill_tc_smem(p);
+  return prefill_mode() == 2 && p->force_path != 1 && p->S > 1 && p->value_bits > 0 && smem > 0 && G <= kTcQ &&
+         (!p->use_qjl || (p->m % 16 == 0 && p->m <= 256)) && (p->rot_rank != 1 || d == 64 || d == 128) &&
+         smem <= smem_optin_limit();
 }
 // fp16/bf16: prefill_tc_kernel computes the whole prefill. float32: it computes the compressed rows'
 // partials (prefill_tc_f32) and attn_simple_kernel the exact rest in float32.
@@ -1867,20 +1880,25 @@ static int prefill_tc_splits(const TqAttnParams* p) {
   return ns < 1 ? 1 : (int)ns;
 }
 
-template <typename T, int D, bool HAD, bool RING>
+template <typename T, int D, bool HAD, bool RING, bool QJL>
 static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const TcSplits& sp, cudaStream_t stream) {
   const int QT = kTcQ / (int)(p->Hq / p->Hkv);
-  const int smem = tc_smem_bytes<D>(aa.Rk, aa.Rv);
+  const int smem = tc_smem_bytes<D>(aa.Rk, aa.Rv, QJL ? aa.m : 0);
   static int raised[64] = {0};
-  const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING>, smem, raised);
+  const cudaError_t e = raise_smem_once((const void*)prefill_tc_kernel<T, D, HAD, RING, QJL>, smem, raised);
   if (e != cudaSuccess) return (int)e;
-  prefill_tc_kernel<T, D, HAD, RING><<<dim3((unsigned)(((p->S + QT - 1) / QT) * sp.n), (unsigned)p->Hkv,
-                                            (unsigned)p->B), kTcWarps * 32, smem, stream>>>(aa, sp);
+  prefill_tc_kernel<T, D, HAD, RING, QJL><<<dim3((unsigned)(((p->S + QT - 1) / QT) * sp.n), (unsigned)p->Hkv,
+                                                 (unsigned)p->B), kTcWarps * 32, smem, stream>>>(aa, sp);
   if (sp.n > 1) {  // (float32 runs one split: attn_simple_kernel continues from the partials)
     const int64_t warps = p->B * p->S * p->Hq;
     prefill_merge_kernel<T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(aa, sp);
   }
   return (int)cudaGetLastError();
+}
+template <typename T, int D, bool HAD, bool RING>
+static int launch_prefill_tc(const TqAttnParams* p, const AttnArgs& aa, const TcSplits& sp, cudaStream_t stream) {
+  return aa.use_qjl ? launch_prefill_tc<T, D, HAD, RING, true>(p, aa, sp, stream)
+                    : launch_prefill_tc<T, D, HAD, RING, false>(p, aa, sp, stream);
 }
 
 // prefill_tc_kernel for this d (E, the simple path's registers per lane, follows from d).

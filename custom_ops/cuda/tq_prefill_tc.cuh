@@ -77,14 +77,36 @@ struct TcRows {
   bool ok[2];       // a real query (in the tile, not padding)
 };
 
+// S[16 x 32] += A[16 x 16 nkt] B^T for the 32 keys from row kh of B (both row-major in shared memory,
+// `ld` halves per row): the score mma chain of one half chunk.
+template <typename MT>
+__device__ __forceinline__ void tc_scores(uint32_t qa, uint32_t ka, int ld, int kh, int nkt, float (&s)[kTcKeys / 16][4],
+                                          int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+#pragma unroll 4
+  for (int kt = 0; kt < nkt; ++kt) {
+    uint32_t a[4];
+    ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * ld + kt * 16 + (mi >> 1) * 8) * 2);
+#pragma unroll
+    for (int np = 0; np < kTcKeys / 32; ++np) {
+      uint32_t kb[4];
+      ldsm_x4(kb, ka + ((kh + np * 16 + rr + (mi >> 1) * 8) * ld + kt * 16 + (mi & 1) * 8) * 2);
+      mma_tc<MT>(s[2 * np], a, kb[0], kb[1]);
+      mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
+    }
+  }
+}
+
 // One 64-key chunk for the warp's 16 queries, as two 32-key halves (fewer live score registers: two
 // blocks per SM): keys j0 + n visible to row k iff ok, j < jend, lo <= j <= p. Q at qa (the warp's first
 // row), K and V at ka / va (row-major, LD halves per row). full: every key of the chunk is visible to
 // every row of the warp (no per-element masks).
+// QJL (phase 1): nq k-steps more from the sketch columns, qa2 / ka2 with ld2 halves per row (0: none).
 template <typename MT, int D>
 __device__ __forceinline__ void tc_chunk(uint32_t qa, uint32_t ka, uint32_t va, int j0, int jend, const TcRows& q,
                                          bool full, float softcap, float (&o)[D / 8][4], float (&mx)[2],
-                                         float (&l)[2], int lane) {
+                                         float (&l)[2], int lane, uint32_t qa2 = 0, uint32_t ka2 = 0, int ld2 = 0,
+                                         int nq = 0) {
   constexpr int LD = D + 8, NK = kTcKeys / 16;  // n-tiles of 8 keys per half
   const int t = lane & 3, mi = lane >> 3, rr = lane & 7;
 #pragma unroll
@@ -105,6 +127,7 @@ __device__ __forceinline__ void tc_chunk(uint32_t qa, uint32_t ka, uint32_t va, 
         mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
       }
     }
+    if (nq) tc_scores<MT>(qa2, ka2, ld2, kh, nq, s, lane);
     float cmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < NK; ++n)
@@ -200,8 +223,11 @@ __device__ __forceinline__ void tc_build_q(const AttnArgs& a, uint16_t* Qs, floa
 // Bytes of one staged chunk of rows (phase 1): kTcKeys rows of row_bytes, load_span's alignment slack
 // (< 16) and the 8-byte word pair decode8 may read past a row's last code word.
 __host__ __device__ inline int tc_span(int row_bytes) { return (kTcKeys * row_bytes + 32 + 15) & ~15; }
+// m: QJL sketch size (0 without QJL): its query and key columns, m + 8 halves per row.
 template <int D>
-__host__ __device__ inline int tc_smem_bytes(int Rk, int Rv) { return TcSmem<D>::bytes + 2 * (tc_span(Rk) + tc_span(Rv)); }
+__host__ __device__ inline int tc_smem_bytes(int Rk, int Rv, int m) {
+  return TcSmem<D>::bytes + 2 * (tc_span(Rk) + tc_span(Rv)) + (kTcQ + kTcKeys) * (m ? m + 8 : 0) * 2;
+}
 
 // Coordinates 8 grp .. 8 grp + 7 of a staged row (scale word, then the LSB-first code stream; bits in
 // {1, 2, 3, 4, 8}, so the 8 codes lie in two consecutive words) as scale x centroid, packed fp16.
@@ -225,8 +251,8 @@ __device__ __forceinline__ uint4 decode8(const uint8_t* row, int grp, int bits, 
   return pack8<__half>(x);
 }
 
-template <typename T, int D, bool HAD, bool RING>
-__global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(AttnArgs a, TcSplits sp) {
+template <typename T, int D, bool HAD, bool RING, bool QJL>
+__global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc_kernel(AttnArgs a, TcSplits sp) {
   using L = TcSmem<D>;
   constexpr bool kF32 = std::is_same<T, float>::value;  // phase 1 only, for attn_simple_kernel
   constexpr int E = (D + 31) / 32, LD = L::LD, NG = D / 8, kTcItems = (kTcKeys * NG + kTcWarps * 32 - 1) / (kTcWarps * 32);
@@ -292,6 +318,39 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
     for (int k = tid; k < (1 << a.kbits); k += blockDim.x) kcb[k] = a.kcb[k];
     for (int k = tid; k < (1 << a.vbits); k += blockDim.x) vcb[k] = a.vcb[k];
     tc_build_q<__half, D, HAD, true>(a, Qs, reinterpret_cast<float*>(Ks) + warp * D, b, g, i0, nvalid, warp, lane);
+    // QJL: the queries' sketch columns Q2 = (S q_r) * sqrt(pi/2) / m * scale (an mma of the rotated queries
+    // against the rows of S, staged 64 at a time in the key buffer), and per chunk the keys' sign columns
+    // +-rnorm: the correction is one more mma chain over m columns of the same scores.
+    const int m2 = QJL ? a.m : 0, ld2 = m2 + 8;
+    uint16_t* Q2s = reinterpret_cast<uint16_t*>(sm + TcSmem<D>::bytes + 2 * (tc_span(a.Rk) + tc_span(a.Rv)));
+    uint16_t* K2s = Q2s + kTcQ * ld2;
+    for (int r0 = 0; QJL && r0 < m2; r0 += kTcKeys) {
+      __syncthreads();  // Qs is in (first round); the previous rows of S are consumed
+      for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
+        const int row = idx / NG, grp = idx - row * NG;
+        float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (r0 + row < m2) {
+          const float4* src = reinterpret_cast<const float4*>(a.qjl + (int64_t)(r0 + row) * D + grp * 8);
+          const float4 u = src[0], v = src[1];
+          x[0] = u.x; x[1] = u.y; x[2] = u.z; x[3] = u.w; x[4] = v.x; x[5] = v.y; x[6] = v.z; x[7] = v.w;
+        }
+        *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = pack8<__half>(x);
+      }
+      __syncthreads();
+      const float c = 1.2533141373155003f / (float)m2;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float sc[kTcKeys / 16][4] = {};
+        tc_scores<__half>(qa, ka, LD, half * (kTcKeys / 2), D / 16, sc, lane);
+#pragma unroll
+        for (int n = 0; n < kTcKeys / 16; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = r0 + half * (kTcKeys / 2) + n * 8 + 2 * t + (e & 1), row = warp * 16 + r + 8 * (e >> 1);
+            if (col < m2) Q2s[row * ld2 + col] = (uint16_t)(pack2<__half>(sc[n][e] * c, 0.f) & 0xffffu);
+          }
+      }
+    }
     // The chunks' row bytes go through a 2-stage cp.async ring (the next chunk loads while this one is
     // decoded and used), then are decoded shared -> shared.
     uint8_t* raw = sm + TcSmem<D>::bytes;
@@ -324,9 +383,29 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD ? 2 : 1) prefill_tc_kernel(
         *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
         *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
       }
+      for (int idx = tid; QJL && idx < kTcKeys * (m2 / 8); idx += blockDim.x) {  // QJL: sign bits -> +-rnorm
+        const int row = idx / max(m2 / 8, 1), grp = idx - row * (m2 / 8);
+        uint4 w = make_uint4(0u, 0u, 0u, 0u);
+        if (j0 + row < p1_hi) {
+          const uint32_t* kr = reinterpret_cast<const uint32_t*>(kb + row * a.Rk);
+          const int cw = code_bytes(D, a.kbits) / 4;
+          const float rn = __uint_as_float(kr[1 + cw]);
+          const uint32_t bits = kr[2 + cw + (grp >> 2)] >> (8 * (grp & 3));
+          float x[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) x[u] = (bits >> u) & 1u ? rn : -rn;
+          w = pack8<__half>(x);
+        }
+        *reinterpret_cast<uint4*>(K2s + row * ld2 + grp * 8) = w;
+      }
       __syncthreads();
-      if (warp_needs(j0, p1_hi))
-        tc_chunk<__half, D>(qa, ka, va, j0, p1_hi, q, warp_full(j0, p1_hi), a.softcap, o, mx, l, lane);
+      if (warp_needs(j0, p1_hi)) {
+        if constexpr (QJL)
+          tc_chunk<__half, D>(qa, ka, va, j0, p1_hi, q, warp_full(j0, p1_hi), a.softcap, o, mx, l, lane,
+                              smem_u32(Q2s + warp * 16 * ld2), smem_u32(K2s), ld2, m2 / 16);
+        else
+          tc_chunk<__half, D>(qa, ka, va, j0, p1_hi, q, warp_full(j0, p1_hi), a.softcap, o, mx, l, lane);
+      }
     }
     // Back to the original basis: O <- R^T O row by row, half the warps at a time through scratch
     // (the chunk buffers); Qs is the rotation's per-warp buffer.

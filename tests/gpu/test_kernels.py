@@ -170,10 +170,10 @@ def run_decode(d, bits, use_qjl, out_dtype, dense, n=200, seed=1):
 
 
 # --------------------------------------------------------------------------------------- attention
-def uses_prefill_tc(S, force, dtype, qjl, vb, d, G, dense):
+def uses_prefill_tc(S, force, dtype, qjl, vb, d, G, dense, m=0):
     """Whether the step runs prefill_tc_kernel (tensor cores: fp16 rounding of q, k and p, bf16 for bf16
     inputs; float32 inputs: the cached rows in fp16, the rest exact; the fast path's tolerances)."""
-    return (S > 1 and force != 1 and not qjl and vb > 0 and d in (64, 80, 96, 128)
+    return (S > 1 and force != 1 and (not qjl or (m % 16 == 0 and m <= 256)) and vb > 0 and d in (64, 80, 96, 128)
             and G <= 128 and (dense or d in (64, 128)))
 
 
@@ -294,7 +294,7 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
     assert np.all(np.isfinite(got)), f"{what}: non-finite output"
     fast = (S == 1 and force != 1 and 1 <= vb <= 4 and kb <= 4 and d in (64, 80, 96, 128, 256)
             and Hq // Hkv <= 16 and (not qjl or m % 32 == 0))
-    path = "fast" if fast or uses_prefill_tc(S, force, dtype, qjl, vb, d, Hq // Hkv, dense) else "simple"
+    path = "fast" if fast or uses_prefill_tc(S, force, dtype, qjl, vb, d, Hq // Hkv, dense, m) else "simple"
     e = rel_l2(got, ref_out.astype(np.float64))
     tol = TOL[(path, dtype)]
     assert e <= tol, f"{what}: rel L2 {e:.2e} > {tol} ({path})"
@@ -588,8 +588,21 @@ def attention_cases(quick):
                      dict(B=1, S=4, Hq=32, Hkv=8, d=128, kb=4, vb=4, dtype="float16", shared=True,
                           past_lens=[5000], rotary=True, seed=609),
                      dict(B=3, S=2, Hq=16, Hkv=4, d=64, kb=3, vb=3, dtype="bfloat16", shared=False,
-                          past_lens=[3000, 700, -1], window=1000, R=32, seed=610)]
-    yield from (long_prefill[:1] + long_prefill[5:6] + long_prefill[10:11] if quick else long_prefill)
+                          past_lens=[3000, 700, -1], window=1000, R=32, seed=610),
+                     # QJL: the sketch columns as one more mma chain (m = d, m = 2d up to 256, m = 48; split-K;
+                     # float32 partials; m = 72 is not a multiple of 16: the simple kernel)
+                     dict(B=2, S=70, Hq=32, Hkv=8, d=128, kb=3, vb=4, qjl=True, dtype="float16", shared=True,
+                          past_lens=[1000, 333], seed=611),
+                     dict(B=2, S=40, Hq=12, Hkv=4, d=64, kb=2, vb=2, qjl=True, m=128, dtype="bfloat16",
+                          shared=False, past_lens=[400, -3], window=150, softcap=30.0, rotary=True, seed=612),
+                     dict(B=1, S=3, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=True, m=256, dtype="float16", shared=True,
+                          past_lens=[4000], seed=613),
+                     dict(B=2, S=9, Hq=8, Hkv=2, d=96, kb=3, vb=3, qjl=True, m=48, dtype="float32", dense=True,
+                          shared=True, past_lens=[300, 77], R=16, seed=614),
+                     dict(B=1, S=5, Hq=8, Hkv=2, d=128, kb=3, vb=3, qjl=True, m=72, dtype="float16", shared=True,
+                          past_lens=[150], seed=615)]
+    yield from (long_prefill[:1] + long_prefill[5:6] + long_prefill[10:11] + long_prefill[12:13] if quick
+                else long_prefill)
     if quick:
         yield dict(B=3, S=6, Hq=8, Hkv=2, d=128, kb=4, vb=4, dtype="float16", shared=False, past_lens=[0, 20, -2],
                    rotary=True, seed=7)
