@@ -83,8 +83,8 @@ template <typename MT>
 __device__ __forceinline__ void tc_scores(uint32_t qa, uint32_t ka, int ld, int kh, int nkt, float (&s)[kTcKeys / 16][4],
                                           int lane) {
   const int mi = lane >> 3, rr = lane & 7;
-#pragma unroll 4
-  for (int kt = 0; kt < nkt; ++kt) {
+#pragma unroll
+  for (int kt = 0; kt < nkt; ++kt) {  // (a compile-time nkt unrolls fully)
     uint32_t a[4];
     ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * ld + kt * 16 + (mi >> 1) * 8) * 2);
 #pragma unroll
@@ -115,18 +115,7 @@ __device__ __forceinline__ void tc_chunk(uint32_t qa, uint32_t ka, uint32_t va, 
     float s[NK][4];
 #pragma unroll
     for (int n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int kt = 0; kt < D / 16; ++kt) {
-      uint32_t a[4];
-      ldsm_x4(a, qa + ((rr + (mi & 1) * 8) * LD + kt * 16 + (mi >> 1) * 8) * 2);
-#pragma unroll
-      for (int np = 0; np < NK / 2; ++np) {
-        uint32_t kb[4];
-        ldsm_x4(kb, ka + ((kh + np * 16 + rr + (mi >> 1) * 8) * LD + kt * 16 + (mi & 1) * 8) * 2);
-        mma_tc<MT>(s[2 * np], a, kb[0], kb[1]);
-        mma_tc<MT>(s[2 * np + 1], a, kb[2], kb[3]);
-      }
-    }
+    tc_scores<MT>(qa, ka, LD, kh, D / 16, s, lane);
     if (nq) tc_scores<MT>(qa2, ka2, ld2, kh, nq, s, lane);
     float cmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
