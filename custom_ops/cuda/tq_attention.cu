@@ -59,8 +59,9 @@ struct AttnArgs {
   const float* ring_o;    // [B*Hq, d] exact partial of the ring segment (fast path)
   const float* ring_ml;   // [B*Hq, 2] its max (log2 domain) and sum
   int R;
-  // prefill: the compressed rows' partial per query from prefill_rows_kernel ([B*S*Hq, d] rotated
-  // accumulator, [B*S*Hq, 2] max (natural log domain) and sum); null: the simple kernel reads the rows
+  // prefill: the compressed rows' partial per query from prefill_rows_kernel or (float32 inputs)
+  // prefill_tc_kernel ([B*S*Hq, d] rotated accumulator, [B*S*Hq, 2] max (natural log domain) and sum);
+  // null: the simple kernel reads the rows
   const float* pre_o;
   const float* pre_ml;
 };
@@ -1727,7 +1728,7 @@ struct Workspace {
   float* part_ml;
   float* ring_o;   // recent window on the fast path: [B*Hq, d] and [B*Hq, 2]
   float* ring_ml;
-  float* pre_o;    // prefill_rows_kernel's partials: [B*S*Hq, d] and [B*S*Hq, 2]
+  float* pre_o;    // the compressed rows' partials for the simple kernel: [B*S*Hq, d] and [B*S*Hq, 2]
   float* pre_ml;
   size_t bytes;
 };
@@ -1860,7 +1861,7 @@ static bool prefill_tc_f32(const TqAttnParams* p) { return p->dtype == 1 && pref
 
 // Whether a prefill computes the compressed rows' partials before the simple kernel (prefill_rows_kernel,
 // or prefill_tc_kernel for float32 inputs): the workspace holds them.
-static bool prefill_rows_ok(const TqAttnParams* p) {
+static bool prefill_partials_ok(const TqAttnParams* p) {
   const int G = (int)(p->Hq / p->Hkv);
   if (prefill_tc_f32(p)) return true;  // the partials come from prefill_tc_kernel<float> instead
   return prefill_mode() != 0 && !prefill_tc_ok(p) && p->S > 1 && !p->use_qjl && p->value_bits > 0 && p->d <= 128 &&
@@ -1925,12 +1926,13 @@ static Workspace carve(const TqAttnParams* p, void* base) {
   if (!fast_path_ok(p)) {  // the simple path's float32 q and k (the fast path reads the inputs)
     w.qf = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
     w.kf = (float*)take(sizeof(float) * p->B * p->S * p->Hkv * p->d);
-    if (prefill_tc_ok(p) && prefill_tc_splits(p) > 1) {
-      const size_t n = (size_t)p->B * p->S * p->Hq * prefill_tc_splits(p);
+    const int tc_splits = prefill_tc_ok(p) ? prefill_tc_splits(p) : 1;
+    if (tc_splits > 1) {
+      const size_t n = (size_t)p->B * p->S * p->Hq * tc_splits;
       w.part_o = (float*)take(sizeof(float) * n * p->d);
       w.part_ml = (float*)take(sizeof(float) * n * 2);
     }
-    if (prefill_rows_ok(p)) {
+    if (prefill_partials_ok(p)) {
       w.pre_o = (float*)take(sizeof(float) * p->B * p->S * p->Hq * p->d);
       w.pre_ml = (float*)take(sizeof(float) * p->B * p->S * p->Hq * 2);
     }

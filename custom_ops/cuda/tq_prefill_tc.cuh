@@ -1,5 +1,6 @@
 // Prefill on tensor cores (v15): prefill_tc_kernel, a flash-attention tile kernel for S > 1 with
-// float16 or bfloat16 inputs, no QJL, compressed values, d in {64, 80, 96, 128}.
+// compressed values, d in {64, 80, 96, 128}, QJL m a multiple of 16 up to 256 (one more score chain);
+// fp16/bf16 inputs: the whole step; float32 inputs: phase 1 only, for attn_simple_kernel.
 //
 // A block owns kTcQ = 128 query slots of one (batch, kv head): slot m is token i0 + m / G and head
 // g G + m % G, so every key row it reads serves all the GQA heads of the tokens. Each of the 8 warps
@@ -60,6 +61,13 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&x)[4], uint32_t addr) {
 template <typename MT>
 __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return make_uint4(pack2<MT>(v[0], v[1]), pack2<MT>(v[2], v[3]), pack2<MT>(v[4], v[5]), pack2<MT>(v[6], v[7]));
+}
+// 8 consecutive floats of global memory (32-byte aligned) packed as MT.
+template <typename MT>
+__device__ __forceinline__ uint4 load_pack8(const float* src) {
+  const float4 u = reinterpret_cast<const float4*>(src)[0], v = reinterpret_cast<const float4*>(src)[1];
+  const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
+  return pack8<MT>(x);
 }
 
 // Split-K over the compressed rows (few query tiles, long cache: e.g. S = 2..16 speculative steps): ns
@@ -313,17 +321,12 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc
     const int m2 = QJL ? a.m : 0, ld2 = m2 + 8;
     uint16_t* Q2s = reinterpret_cast<uint16_t*>(sm + TcSmem<D>::bytes + 2 * (tc_span(a.Rk) + tc_span(a.Rv)));
     uint16_t* K2s = Q2s + kTcQ * ld2;
-    for (int r0 = 0; QJL && r0 < m2; r0 += kTcKeys) {
+    for (int r0 = 0; r0 < m2; r0 += kTcKeys) {  // (m2 = 0 without QJL)
       __syncthreads();  // Qs is in (first round); the previous rows of S are consumed
       for (int idx = tid; idx < kTcKeys * NG; idx += blockDim.x) {
         const int row = idx / NG, grp = idx - row * NG;
-        float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (r0 + row < m2) {
-          const float4* src = reinterpret_cast<const float4*>(a.qjl + (int64_t)(r0 + row) * D + grp * 8);
-          const float4 u = src[0], v = src[1];
-          x[0] = u.x; x[1] = u.y; x[2] = u.z; x[3] = u.w; x[4] = v.x; x[5] = v.y; x[6] = v.z; x[7] = v.w;
-        }
-        *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = pack8<__half>(x);
+        *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) =
+            r0 + row < m2 ? load_pack8<__half>(a.qjl + (int64_t)(r0 + row) * D + grp * 8) : make_uint4(0u, 0u, 0u, 0u);
       }
       __syncthreads();
       const float c = 1.2533141373155003f / (float)m2;
@@ -372,8 +375,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc
         *reinterpret_cast<uint4*>(Ks + row * LD + grp * 8) = kw;
         *reinterpret_cast<uint4*>(Vs + row * LD + grp * 8) = vw;
       }
-      for (int idx = tid; QJL && idx < kTcKeys * (m2 / 8); idx += blockDim.x) {  // QJL: sign bits -> +-rnorm
-        const int row = idx / max(m2 / 8, 1), grp = idx - row * (m2 / 8);
+      if constexpr (QJL)
+      for (int idx = tid; idx < kTcKeys * (m2 / 8); idx += blockDim.x) {  // QJL: sign bits -> +-rnorm
+        const int row = idx / (m2 / 8), grp = idx - row * (m2 / 8);
         uint4 w = make_uint4(0u, 0u, 0u, 0u);
         if (j0 + row < p1_hi) {
           const uint32_t* kr = reinterpret_cast<const uint32_t*>(kb + row * a.Rk);
@@ -438,22 +442,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc
     __syncthreads();
   }
 
-  if constexpr (kF32) {
-    // float32 inputs: the compressed rows' partial per query in attn_simple_kernel's format (rotated
-    // accumulator, max in the natural-log domain, sum); it adds the ring and the new tokens in float32.
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      l[k] += __shfl_xor_sync(kFull, l[k], 1);
-      l[k] += __shfl_xor_sync(kFull, l[k], 2);
-      const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
-      if (!q.ok[k]) continue;
-      const int64_t qi = ((int64_t)b * a.S + i) * a.Hq + g * G + m % G;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<float2*>(sp.part_o + qi * D + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
-      if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * qi) = make_float2(mx[k] * 0.6931471805599453f, l[k]);
-    }
-  } else {
+  if constexpr (!kF32) {
     // Phase 2 (the last split): the exact rows (ring positions [comp_hi, past), then the new tokens up to
     // pmax), in T.
     const bool exact = split == ns - 1;
@@ -474,10 +463,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc
             vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.vr) + off);
           } else {
             const int64_t off = (((int64_t)b * a.S + (j - past)) * a.Hkv + g) * D + grp * 8;
-            const float4 k0 = *reinterpret_cast<const float4*>(a.kf + off);
-            const float4 k1 = *reinterpret_cast<const float4*>(a.kf + off + 4);
-            const float kx[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
-            kw = pack8<T>(kx);
+            kw = load_pack8<T>(a.kf + off);
             vw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(a.value) + off);
           }
         }
@@ -488,25 +474,31 @@ __global__ void __launch_bounds__(kTcWarps * 32, HAD && !QJL ? 2 : 1) prefill_tc
       if (warp_needs(j0, pmax + 1))
         tc_chunk<T, D>(qa, ka, va, j0, pmax + 1, q, warp_full(j0, pmax + 1), a.softcap, o, mx, l, lane);
     }
+  }
 
+  // The rows' results: the output (one split), this split's partial (merged by prefill_merge_kernel), or
+  // for float32 inputs the compressed rows' partial in attn_simple_kernel's format (rotated accumulator,
+  // max in the natural-log domain; it adds the ring and the new tokens in float32).
 #pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      l[k] += __shfl_xor_sync(kFull, l[k], 1);
-      l[k] += __shfl_xor_sync(kFull, l[k], 2);
-      const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
-      if (m >= QT * G || i >= a.S) continue;
-      if (ns > 1) {  // this split's partial: unnormalized accumulator (original basis), max (log2), sum
-        if (!q.ok[k]) continue;
-        const int64_t pi = ((((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * ns + split);
-        float* po = sp.part_o + pi * D;
+  for (int k = 0; k < 2; ++k) {
+    l[k] += __shfl_xor_sync(kFull, l[k], 1);
+    l[k] += __shfl_xor_sync(kFull, l[k], 2);
+    const int m = warp * 16 + r + 8 * k, i = i0 + m / G;
+    if (m >= QT * G || i >= a.S) continue;
+    const int64_t qi = ((int64_t)b * a.S + i) * a.Hq + g * G + m % G;
+    if (kF32 || ns > 1) {
+      if (!q.ok[k]) continue;  // (padding: the simple kernel / the merge writes zeros)
+      const int64_t pi = kF32 ? qi : qi * ns + split;
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n)
-          *reinterpret_cast<float2*>(po + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
-        if (t == 0) *reinterpret_cast<float2*>(sp.part_ml + 2 * pi) = make_float2(mx[k], l[k]);
-        continue;
-      }
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<float2*>(sp.part_o + pi * D + n * 8 + 2 * t) = make_float2(o[n][2 * k], o[n][2 * k + 1]);
+      if (t == 0)
+        *reinterpret_cast<float2*>(sp.part_ml + 2 * pi) = make_float2(kF32 ? mx[k] * 0.6931471805599453f : mx[k], l[k]);
+      continue;
+    }
+    if constexpr (!kF32) {
       const float inv = q.ok[k] ? 1.f / l[k] : 0.f;  // padding queries: zeros
-      T* orow = out + (((int64_t)b * a.S + i) * a.Hq + g * G + m % G) * D;
+      T* orow = out + qi * D;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
         *reinterpret_cast<uint32_t*>(orow + n * 8 + 2 * t) = pack2<T>(o[n][2 * k] * inv, o[n][2 * k + 1] * inv);

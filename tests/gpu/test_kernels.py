@@ -170,7 +170,7 @@ def run_decode(d, bits, use_qjl, out_dtype, dense, n=200, seed=1):
 
 
 # --------------------------------------------------------------------------------------- attention
-def uses_prefill_tc(S, force, dtype, qjl, vb, d, G, dense, m=0):
+def uses_prefill_tc(S, force, qjl, vb, d, G, dense, m=0):
     """Whether the step runs prefill_tc_kernel (tensor cores: fp16 rounding of q, k and p, bf16 for bf16
     inputs; float32 inputs: the cached rows in fp16, the rest exact; the fast path's tolerances)."""
     return (S > 1 and force != 1 and (not qjl or (m % 16 == 0 and m <= 256)) and vb > 0 and d in (64, 80, 96, 128)
@@ -294,7 +294,7 @@ def run_attention(*, B=2, S=1, Hq=8, Hkv=2, d=128, kb=4, vb=4, qjl=False, dtype=
     assert np.all(np.isfinite(got)), f"{what}: non-finite output"
     fast = (S == 1 and force != 1 and 1 <= vb <= 4 and kb <= 4 and d in (64, 80, 96, 128, 256)
             and Hq // Hkv <= 16 and (not qjl or m % 32 == 0))
-    path = "fast" if fast or uses_prefill_tc(S, force, dtype, qjl, vb, d, Hq // Hkv, dense, m) else "simple"
+    path = "fast" if fast or uses_prefill_tc(S, force, qjl, vb, d, Hq // Hkv, dense, m) else "simple"
     e = rel_l2(got, ref_out.astype(np.float64))
     tol = TOL[(path, dtype)]
     assert e <= tol, f"{what}: rel L2 {e:.2e} > {tol} ({path})"
@@ -405,7 +405,7 @@ def run_ring_steps(*, R, steps, B=2, Hq=6, Hkv=2, d=64, kb=2, vb=2, dtype="float
         got = out.float().cpu().numpy()
         what = f"ring steps R={R} step {n} S={S} kb={kb} vb={vb} {dtype} shared={shared} vs {against}"
         assert np.all(np.isfinite(got)), what + ": non-finite output"
-        fast = (S == 1 and 1 <= vb <= 4 and kb <= 4) or uses_prefill_tc(S, 0, dtype, False, vb, d, Hq // Hkv, False)
+        fast = (S == 1 and 1 <= vb <= 4 and kb <= 4) or uses_prefill_tc(S, 0, False, vb, d, Hq // Hkv, False)
         tol = TOL[("fast" if fast else "simple", dtype)]
         if against == "float":
             want = np.zeros((B, S, Hq, d))
@@ -559,8 +559,8 @@ def attention_cases(quick):
     for d, kb, vb in ((128, 4, 4), (128, 3, 3), (128, 4, 3), (64, 4, 4)):
         yield dict(B=2, S=1, Hq=32, Hkv=8, d=d, kb=kb, vb=vb, dtype="float16", shared=True,
                    past_lens=[3001, 4500], seed=100 + kb + vb)
-    # prefill over many cached rows (prefill_rows_kernel: several query tiles, 32-row chunks, window,
-    # padding, G from 1 to 16, dense rotation, 8-bit codes)
+    # prefill over many cached rows (prefill_tc_kernel; written for v14's prefill_rows_kernel: several
+    # query tiles, window, padding, G from 1 to 16, dense rotation, 8-bit codes, float32 partials)
     long_prefill = [dict(B=2, S=70, Hq=32, Hkv=8, d=128, kb=4, vb=4, dtype="float16", shared=True,
                          past_lens=[1000, 333], seed=600),
                     dict(B=2, S=45, Hq=12, Hkv=4, d=64, kb=3, vb=2, dtype="bfloat16", shared=False,
