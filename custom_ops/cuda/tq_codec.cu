@@ -1,5 +1,6 @@
 // Launchers for the encode / decode kernels.
 #include <math.h>
+#include <stdlib.h>
 
 #include "tq_codec.cuh"
 #include "tq_encode_fast.cuh"
@@ -42,7 +43,10 @@ static int run_encode_fast_t(const Tin* x, int64_t n, const float* rot, const fl
   int64_t blocks = (tiles + kFastEncWarps - 1) / kFastEncWarps;
   const int64_t cap = (int64_t)num_sms() * blocks_per_sm_once((const void*)kern, kFastEncWarps * 32, smem, resident);
   if (blocks > cap) blocks = cap;
-  kern<<<(unsigned)blocks, kFastEncWarps * 32, smem, stream>>>(x, n, rot, cb, sink, (float)(1.0 / sqrt((double)D)));
+  // Tuning knob: TQ_CUDA_ENCODE_SEARCH=1 keeps the binary code search (docs/cuda.md, "Encode").
+  static const bool binary = getenv("TQ_CUDA_ENCODE_SEARCH") && atoi(getenv("TQ_CUDA_ENCODE_SEARCH")) == 1;
+  kern<<<(unsigned)blocks, kFastEncWarps * 32, smem, stream>>>(x, n, rot, cb, sink, (float)(1.0 / sqrt((double)D)),
+                                                               binary ? 0 : 1);
   e = cudaGetLastError();
   if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
   return 0;

@@ -98,11 +98,16 @@ def compare_rows(got, ref, d, bits, use_qjl, m, what):
 
 
 # ------------------------------------------------------------------------------------------ encode
-def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0, misalign=False):
+def run_encode(d, bits, use_qjl, dtype, dense, n=333, seed=0, misalign=False, close=False):
     L = lib()
     rng = np.random.default_rng([seed, d, bits, use_qjl, len(dtype), dense])
     rot = codec.rotation(d, seed, dense=dense)
     cb = codec.codebook(d, bits)
+    if close:  # two boundaries 1e-3 apart near the middle: one grid cell holds both, the block searches
+        c = cb.shape[0] // 2
+        step = np.float32(1e-3) * (cb[c] - cb[c - 1])
+        cb = cb.copy()
+        cb[c], cb[c + 1] = cb[c - 1] + step, cb[c - 1] + 2 * step
     m = d if d <= 256 else 256
     S = codec.qjl_matrix(m, d, seed) if use_qjl else None
     xf, xt = rand_vectors(rng, (n, d), dtype)
@@ -521,6 +526,9 @@ def encode_cases(quick):
             continue
         yield dict(d=d, bits=bits, use_qjl=False, dtype=dt, dense=False, n=n)
     yield dict(d=128, bits=4, use_qjl=False, dtype="float16", dense=False, n=1001, misalign=True)
+    # a codebook whose boundaries no grid of 32 cells separates: the binary-search fallback
+    yield dict(d=128, bits=4, use_qjl=False, dtype="float16", dense=False, n=5001, close=True)
+    yield dict(d=64, bits=3, use_qjl=False, dtype="float32", dense=False, n=777, close=True)
 
 
 def decode_cases(quick):
