@@ -1,9 +1,10 @@
 """Prefill step of TurboQuantAttention through the C ABI: S new tokens on top of `past` cached rows.
 
     python3 benchmarks/gpu/bench_prefill.py [--libs build/gpu/libtq_cuda.so] [--S 1024] [--past 0,4096,16384]
+                                            [--dtype float16] [--qjl M]
 
 Llama-3-8B attention shape (Hq = 32, Hkv = 8, d = 128), fp16, 4-bit keys and values, shared buffer,
-B = 1. Reports the median of CUDA-event timings per step and the same step with fp16 torch SDPA
+B = 1 (--qjl M: keys with an M-bit QJL sketch). Reports the median of CUDA-event timings per step and the same step with fp16 torch SDPA
 (causal over past + S positions, explicit mask) for scale. TQ_CUDA_PREFILL=1 times the v14 rows kernel
 (+ simple kernel), =0 the simple kernel alone (the process reads it once). Writes prefill.json under $OUT when OUT is set.
 """
@@ -30,13 +31,20 @@ HQ, HKV, D = 32, 8, 128
 DTYPES = {"float16": (torch.float16, 10), "bfloat16": (torch.bfloat16, 16), "float32": (torch.float32, 1)}
 
 
-def tq_step(lib, S: int, past: int, bits: int = 4, dtype: str = "float16"):
+def tq_step(lib, S: int, past: int, bits: int = 4, dtype: str = "float16", qjl: int = 0):
     cap = past + S + 16
     R = codec.row_bytes(D, bits)
-    pk = torch.randint(0, 256, (1, HKV, cap, R), dtype=torch.uint8, device="cuda")
+    pk = torch.randint(0, 256, (1, HKV, cap, codec.row_bytes(D, bits, bool(qjl), qjl or None)), dtype=torch.uint8,
+                       device="cuda")
     pv = torch.randint(0, 256, (1, HKV, cap, R), dtype=torch.uint8, device="cuda")
+    small = torch.tensor([0, 0, 0x80, 0x3c], dtype=torch.uint8, device="cuda")  # 0.015625
     for t in (pk, pv):  # scales: small positive floats, so scores stay finite
-        t[..., :4] = torch.tensor([0, 0, 0x80, 0x3c], dtype=torch.uint8, device="cuda")
+        t[..., :4] = small
+    sk = None
+    if qjl:  # the residual norm too; the signs stay random
+        o = codec.layout(D, bits, True, qjl).rnorm_offset
+        pk[..., o:o + 4] = small
+        sk = torch.from_numpy(codec.qjl_matrix(qjl, D, 0)).cuda()
     tdt, code = DTYPES[dtype]
     q = torch.randn(1, S, HQ * D, device="cuda", dtype=tdt)
     k = torch.randn(1, S, HKV * D, device="cuda", dtype=tdt)
@@ -47,11 +55,12 @@ def tq_step(lib, S: int, past: int, bits: int = 4, dtype: str = "float16"):
     p = tqcuda.attention_params(
         query=tqcuda.ptr(q), key=tqcuda.ptr(k), value=tqcuda.ptr(v), past_key=tqcuda.ptr(pk), past_value=tqcuda.ptr(pv),
         present_key=tqcuda.ptr(pk), present_value=tqcuda.ptr(pv), seqlens_k=tqcuda.ptr(sl), rotation=tqcuda.ptr(rot),
-        key_codebook=tqcuda.ptr(cb), value_codebook=tqcuda.ptr(cb), output=tqcuda.ptr(out), dtype=code, B=1, S=S, Hq=HQ,
-        Hkv=HKV, d=D, P=cap, Pp=cap, rot_rank=1, key_bits=bits, value_bits=bits, m=D, local_window=-1)
+        key_codebook=tqcuda.ptr(cb), value_codebook=tqcuda.ptr(cb), qjl=tqcuda.ptr(sk), output=tqcuda.ptr(out),
+        dtype=code, B=1, S=S, Hq=HQ, Hkv=HKV, d=D, P=cap, Pp=cap, rot_rank=1, key_bits=bits, value_bits=bits,
+        use_qjl=1 if qjl else 0, m=qjl or D, local_window=-1)
     wsb = lib.tq_cuda_attention_workspace(p)
     ws = torch.empty(max(wsb, 1), dtype=torch.uint8, device="cuda")
-    keep = (pk, pv, q, k, v, out, sl, rot, cb, ws)
+    keep = (pk, pv, q, k, v, out, sl, rot, cb, sk, ws)
 
     def fn():
         tqcuda.check(lib, lib.tq_cuda_attention(p, tqcuda.ptr(ws), wsb, torch.cuda.current_stream().cuda_stream),
@@ -75,21 +84,23 @@ def main() -> int:
     ap.add_argument("--S", type=int, default=1024, help="new tokens per step")
     ap.add_argument("--past", default="0,4096,16384", help="cached rows before the step (comma-separated)")
     ap.add_argument("--dtype", default="float16", choices=sorted(DTYPES), help="query/key/value type of the TQ step")
+    ap.add_argument("--qjl", type=int, default=0, help="QJL sketch bits per key (0: none)")
     args = ap.parse_args()
     lib = tqcuda.load(args.libs.split(",")[0])
     props = torch.cuda.get_device_properties(0)
     mode = {"0": "simple kernel only (TQ_CUDA_PREFILL=0)", "1": "rows kernel v14 (TQ_CUDA_PREFILL=1)"}.get(
         os.environ.get("TQ_CUDA_PREFILL", ""), "tensor cores (default)")
-    print(f"GPU {props.name}, torch {torch.__version__}; TurboQuantAttention prefill, {mode}, {args.dtype}")
+    qj = f", QJL m = {args.qjl}" if args.qjl else ""
+    print(f"GPU {props.name}, torch {torch.__version__}; TurboQuantAttention prefill, {mode}, {args.dtype}{qj}")
     rows = []
     print("| past | S | TQ4 step ms | fp16 SDPA (masked) ms |")
     print("|---|---|---|---|")
     for past in (int(x) for x in args.past.split(",")):
-        fn, out = tq_step(lib, args.S, past, dtype=args.dtype)
+        fn, out = tq_step(lib, args.S, past, dtype=args.dtype, qjl=args.qjl)
         t = median_us(fn, iters=5, warm=2) / 1e3
         finite = bool(torch.isfinite(out).all())
         ts = median_us(sdpa_step(args.S, past), iters=10, warm=3) / 1e3
-        rows.append({"past": past, "S": args.S, "dtype": args.dtype, "tq4_ms": t, "sdpa_ms": ts, "finite": finite})
+        rows.append({"past": past, "S": args.S, "dtype": args.dtype, "qjl": args.qjl, "tq4_ms": t, "sdpa_ms": ts, "finite": finite})
         print(f"| {past} | {args.S} | {t:.2f} | {ts:.2f} |" + ("" if finite else " (non-finite output!)"))
         del fn, out
         torch.cuda.empty_cache()
