@@ -6,7 +6,7 @@
 Llama-3-8B attention shape (Hq = 32, Hkv = 8, d = 128), fp16, 4-bit keys and values, shared buffer,
 B = 1 (--qjl M: keys with an M-bit QJL sketch). Reports the median of CUDA-event timings per step and the same step with fp16 torch SDPA
 (causal over past + S positions, explicit mask) for scale. TQ_CUDA_PREFILL=1 times the v14 rows kernel
-(+ simple kernel), =0 the simple kernel alone (the process reads it once). Writes prefill.json under $OUT when OUT is set.
+(+ simple kernel), =0 the simple kernel alone (the process reads it once). Writes prefill-<mode>-<dtype>[-qjl<M>].json under $OUT when OUT is set.
 """
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def main() -> int:
         del fn, out
         torch.cuda.empty_cache()
     if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], f"prefill-{os.environ.get('TQ_CUDA_PREFILL', 'default')}.json"), "w") as f:
+        name = f"prefill-{os.environ.get('TQ_CUDA_PREFILL', 'default')}-{args.dtype}" + (f"-qjl{args.qjl}" if args.qjl else "")
+        with open(os.path.join(os.environ["OUT"], name + ".json"), "w") as f:
             json.dump({"gpu": props.name, "mode": mode, "rows": rows}, f, indent=1)
     return 0
 

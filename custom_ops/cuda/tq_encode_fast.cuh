@@ -236,12 +236,15 @@ __global__ void __launch_bounds__(kFastEncWarps * 32, 2)
   __syncthreads();  // codebook and boundaries
   const uint32_t sb = smem_u32(bnd);
   const float bmid = bnd[K / 2 - 1];  // the binary search's first boundary, kept in a register
-  // Grid cells: B[0] at the middle of cell 1, B[K-2] at the middle of cell kGridCells - 2.
+  // Grid cells (b >= 3; for 2-bit codes the binary search is one shared load and the grid measured 10%
+  // slower, for 3-bit codes the same): B[0] at the middle of cell 1, B[K-2] at the middle of cell
+  // kGridCells - 2.
+  constexpr bool kGrid = BITS >= 3;
   const float blo = bnd[0], bhi = bnd[K - 2];
   const float gs = ((float)(kGridCells - 3) / (float)(kGridCells - 1)) / (bhi - blo);
   const float gb = 1.f / (float)(kGridCells - 1) - blo * gs;
-  bool cell_ok = allow_grid && bhi > blo && finitef(gs) && finitef(gb);
-  if (threadIdx.x < kGridCells) {
+  bool cell_ok = kGrid && allow_grid && bhi > blo && finitef(gs) && finitef(gb);
+  if (kGrid && threadIdx.x < kGridCells) {
     const uint32_t c = 0x4B000000u + threadIdx.x;
     int below = 0, at = 0;
     for (int k = 0; k < K - 1; ++k) {
@@ -253,10 +256,10 @@ __global__ void __launch_bounds__(kFastEncWarps * 32, 2)
     cell_ok &= at <= 1;
   }
   const bool use_grid = __syncthreads_and(cell_ok);
-  // + 4 * bits = the cell's word (mod 2^32). Plus a run-time zero (allow_grid is 1 wherever the grid
-  // runs), so that the address is one LEA: from a known value the compiler split the constant into a
-  // second add per lookup.
-  const uint32_t gadj = smem_u32(grid) - 4u * 0x4B000000u + (uint32_t)(allow_grid - 1);
+  // + 4 * bits = the cell's word (mod 2^32). Plus a run-time zero (allow_grid is nonzero wherever the
+  // grid runs), so that the address is one LEA: from a known value the compiler split the constant into
+  // a second add per lookup.
+  const uint32_t gadj = smem_u32(grid) - 4u * 0x4B000000u + (uint32_t)(allow_grid == 0);
 
   // The tile loop, compiled once per code search (a branch inside it measured the search 3x slower).
   auto tiles = [&](auto grid_search) {
@@ -342,7 +345,7 @@ __global__ void __launch_bounds__(kFastEncWarps * 32, 2)
       const float ss = acc[0];
       const bool bad = std::is_same<Tin, __half>::value ? !finitef(ss) : in_bad;
       const float inv = __frcp_rn(__fsqrt_rn(ss));
-      // Quantize: code = #{k : t > B[k]} by binary search; codes to the byte buffer.
+      // Quantize: code = #{k : t > B[k]} (grid cell or binary search); codes to the byte buffer.
       const bool special = bad || ss == 0.f;
       const uint64_t fill = bad ? 0u : (uint64_t)(K >> 1) * 0x0101010101010101ull;  // R code bytes
       uint8_t* cvec = codes + g * L::CODE_STRIDE;
@@ -409,9 +412,12 @@ __global__ void __launch_bounds__(kFastEncWarps * 32, 2)
       stage = stage == kFastEncStages - 1 ? 0 : stage + 1;
     }
   };
-  // 2-bit codes: the binary search is one shared load (the grid measured 10% slower); 3-bit: the same.
-  if (BITS >= 3 && use_grid) tiles(std::true_type{});
-  else tiles(std::false_type{});
+  if constexpr (kGrid) {
+    if (use_grid) tiles(std::true_type{});
+    else tiles(std::false_type{});
+  } else {
+    tiles(std::false_type{});
+  }
   cp_wait<0>();
 }
 
