@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from tiny_exports import library_has_attention, tiny_export
-from tq_ort.cli import build_parser, main
+from tq_ort.cli.main import build_parser, main
 
-SUBCOMMANDS = ["export", "rewrite", "generate", "inspect", "eval"]
+SUBCOMMANDS = ["export", "rewrite", "generate", "inspect", "eval", "trt-build", "check"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 
 from graph_passes import TQConfig, read_metadata
 from tiny_exports import tiny_export
-from tq_ort.cli import main
+from tq_ort.cli.main import main
 from tq_ort.presets import PRESETS, preset_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,7 +150,7 @@ def test_strip_wikitext():
 
 
 def test_eval_cli_parser():
-    from tq_ort.cli_eval import add_eval_parser, settings_from_args, variants_from_args
+    from tq_ort.cli.eval import register as add_eval_parser, settings_from_args, variants_from_args
 
     p = argparse.ArgumentParser(prog="tq-ort")
     add_eval_parser(p.add_subparsers(dest="cmd"))

@@ -13,7 +13,7 @@ codebooks as the graph pass), except for the first `sinks` tokens of the window 
 `recent` tokens, which stay exact. Mathematically that is what the op computes (it scores
 compressed keys in the rotated domain: <Rq, scale c> = <q, x_hat>); the row with sinks=0,
 recent=0 checks the hybrid against the op at the same chunk. Perplexity and KL as in
-tq_ort/quality.py (same windows, same original-model reference).
+tq_ort/quality/ (same windows, same original-model reference).
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tq_ort import codec, quality  # noqa: E402
+from tq_ort.quality.metrics import kl_divergence, log_softmax  # noqa: E402
+from tq_ort.quality.report import slug  # noqa: E402
+from tq_ort.quality.runners import decoder_session  # noqa: E402
 
 
 class HybridCache:
@@ -75,7 +78,7 @@ def run(ref: quality.Reference, src: Path, kb: int, vb: int, sinks: int, recent:
     W, L = data.windows.shape
     o = data.offset
     n = L - 1 - o
-    sess = quality._session(src, L)
+    sess = decoder_session(src, L)
     hc = HybridCache(sess, kb, vb, seed, sinks + o, recent)  # the BOS (if any) counts as a sink too
     nll, kl = np.zeros((W, n)), np.zeros((W, n))
     for b0 in range(0, W, 8):
@@ -88,9 +91,9 @@ def run(ref: quality.Reference, src: Path, kb: int, vb: int, sinks: int, recent:
             hc.update()
             lo, hi = max(s0, o), min(s0 + lg.shape[1], L - 1)
             if hi > lo:
-                lp = quality._log_softmax(lg[:, lo - s0:hi - s0])
+                lp = log_softmax(lg[:, lo - s0:hi - s0])
                 nll[rows, lo - o:hi - o] = -np.take_along_axis(lp, ids[:, lo + 1:hi + 1, None], axis=-1)[..., 0]
-                kl[rows, lo - o:hi - o] = quality._kl(np.asarray(ref.logp[rows, lo - o:hi - o]), lp)
+                kl[rows, lo - o:hi - o] = kl_divergence(np.asarray(ref.logp[rows, lo - o:hi - o]), lp)
     return 100 * (math.exp(nll.mean() - ref.nll.mean()) - 1), float(kl.mean())
 
 
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     res = Path(a.results_dir)
     res.mkdir(parents=True, exist_ok=True)
     tag = "_".join(f"K{kb}V{vb}" for kb, vb in pairs)
-    stem = f"diagnose-{quality._slug(model_dir.name)}-{tag}-chunk{a.chunk}"
+    stem = f"diagnose-{slug(model_dir.name)}-{tag}-chunk{a.chunk}"
     (res / f"{stem}.json").write_text(json.dumps(out, indent=1))
     return 0
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tq_ort import quality  # noqa: E402
+from tq_ort.quality.report import slug  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     rows = []
     for L, r in enumerate(rec["results"]):
         rows.append((L, r["ppl_delta_pct"]["all"], r["kl"]["all"]))
-    stem = f"layer-scan-{quality._slug(model_dir.name)}-{a.what}{a.bits}-chunk{a.chunk}"
+    stem = f"layer-scan-{slug(model_dir.name)}-{a.what}{a.bits}-chunk{a.chunk}"
     out = Path(a.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(rec, indent=1, default=float))

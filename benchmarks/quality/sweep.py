@@ -8,7 +8,7 @@
 Families: TurboQuant K/V bits (8/4/3/2, separately), keys only, + QJL (key bits b = b-1 code bits
 + 1 sign bit), layers 0,1,-2,-1 protected at 8 bits, and the per-token uniform int-b cache
 without rotation (graph_passes/rule_uniform_baseline.py) at the same bytes. Each variant runs
-through ONNX Runtime (see tq_ort/quality.py for the method). Results: benchmarks/quality/results/
+through ONNX Runtime (see tq_ort/quality/ for the method). Results: benchmarks/quality/results/
 sweep-<model>-<date>.{json,md}; with --docs-out / --plot (defaults below for the default settings)
 docs/quality.md and docs/quality.png. Variants already measured on the same tokens with the same
 op library are reused from <cache>/eval (pass --fresh to measure again), so an interrupted sweep
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tq_ort import quality  # noqa: E402
+from tq_ort.quality.report import slug  # noqa: E402
 
 SMOLLM2 = [
     # TurboQuant, K and V bits separately
@@ -94,11 +95,11 @@ def main(argv=None) -> int:
     record["tool"] = "benchmarks/quality/sweep.py"
     name = record["model"]["name"]
     full = not a.variants and not a.texts and not a.context and a.chunk == 1
-    stem = f"{a.tag or ('sweep' if full else 'partial')}-{quality._slug(name)}-{record['date'][:10]}"
+    stem = f"{a.tag or ('sweep' if full else 'partial')}-{slug(name)}-{record['date'][:10]}"
     j, md = quality.write_results(record, Path(a.results_dir), stem)
     plot = Path(a.plot) if a.plot else (ROOT / d["plot"] if a.model in DEFAULTS and full else None)
     if a.tag and not a.plot:
-        plot = ROOT / "docs" / f"quality-{a.tag}-{quality._slug(name)}.png"
+        plot = ROOT / "docs" / f"quality-{a.tag}-{slug(name)}.png"
     if plot:
         quality.plot(record, plot)
     print(quality.markdown_table(record))
@@ -125,7 +126,7 @@ def write_docs(results_dir: Path, md_path: Path = ROOT / "docs/quality.md") -> P
     from tq_ort.presets import PRESETS
 
     lines = ["# KV-cache quality on real models", "",
-             "Measured with `benchmarks/quality/sweep.py` (method: `tq_ort/quality.py`; single configurations: "
+             "Measured with `benchmarks/quality/sweep.py` (method: `tq_ort/quality/`; single configurations: "
              "`tq-ort eval`). Every number comes from running the ONNX models in ONNX Runtime: the original "
              "optimum export (float32 cache) against the same export rewritten so its cache is TurboQuant rows "
              "read by the `TurboQuantAttention` custom op, or rewritten with a per-token uniform int-b cache "
@@ -154,7 +155,7 @@ def write_docs(results_dir: Path, md_path: Path = ROOT / "docs/quality.md") -> P
             lines += [f"## {name}: {title}", "", quality.markdown_report(r).split("\n", 2)[2].strip(), "",
                       f"Produced by: `{r['command']}` ({r['date']}, {r.get('seconds_total', 0) / 60:.0f} min on "
                       f"{r['machine']['cores']} cores; chunk {r['settings']['chunk']}).", ""]
-            png = ROOT / "docs" / f"quality-{tag}-{quality._slug(name)}.png"
+            png = ROOT / "docs" / f"quality-{tag}-{slug(name)}.png"
             if png.exists():
                 lines += [f"![{title}, {name}]({png.name})", ""]
     md_path.write_text("\n".join(lines))

