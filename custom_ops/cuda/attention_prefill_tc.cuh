@@ -13,7 +13,14 @@
 //      float32 copy, values from the input), causal per slot, in T (fp16 or bf16 mma).
 // Scores S[16 x 64] = Q K^T and O[16 x d] += P V by mma.m16n8k16 with fp32 accumulation (ldmatrix for
 // the Q, K and V fragments, P straight from the score registers); online softmax in the log2 domain.
-// Included by tq_attention.cu (AttnArgs, batch_geometry, rotate_fwd / rotate_inv, mma16816).
+// Launched by attention_launch.cuh (launch_prefill_tc).
+#pragma once
+
+#include "attention_common.cuh"
+#include "attention_ptx.cuh"
+
+namespace tq {
+namespace cuda {
 
 constexpr int kTcWarps = 8, kTcQ = 16 * kTcWarps, kTcKeys = 64;
 
@@ -541,3 +548,6 @@ __global__ void __launch_bounds__(128) prefill_merge_kernel(AttnArgs a, TcSplits
   for (int e = 0; e < 4; ++e)
     if (e * 32 + lane < d) out[e * 32 + lane] = from_f<T>(acc[e] * inv);
 }
+
+}  // namespace cuda
+}  // namespace tq

@@ -1,7 +1,8 @@
-// Encode / decode kernels (warp per vector) shared by the C ABI and the attention op.
+// The row encode shared by the encode op (encode.cu) and the attention op's cache write: where a row
+// goes (RowSink) and encode_warp (one vector per warp); the encode / decode launchers.
 #pragma once
 
-#include "tq_cuda_common.cuh"
+#include "common.cuh"
 
 namespace tq {
 namespace cuda {
@@ -27,15 +28,6 @@ __device__ __forceinline__ uint8_t* sink_row(const RowSink& o, int64_t v) {
   int pos = past + i;
   if (L < 1 || L > o.Pp || past + o.S > o.Pp) return nullptr;
   return o.rows + (((int64_t)b * o.H + g) * o.Pp + pos) * o.Rk;
-}
-
-constexpr int kEncWarps = 8;
-
-// Dynamic shared memory layout of encode_kernel (floats):
-//   [0,256) codebook, [256,512) boundaries, per warp 64 code words, per warp 256 scratch floats,
-//   then (dense rotation in shared memory) R^T [d*d].
-__host__ __device__ inline size_t encode_smem_bytes(int d, bool dense_smem) {
-  return sizeof(float) * (512 + kEncWarps * (64 + 256) + (dense_smem ? (size_t)d * d : 0));
 }
 
 // Encodes one vector held by a warp (element i = e*32 + lane in z[e], zero past d) into the row
@@ -184,144 +176,12 @@ __device__ __forceinline__ void encode_warp(float (&z)[E], int d, const float* _
   __syncwarp();
 }
 
-template <typename Tin, int E, bool HAD>
-__global__ void __launch_bounds__(kEncWarps * 32) encode_kernel(const Tin* __restrict__ x, int64_t n, int d,
-                                                             const float* __restrict__ rot,
-                                                             const float* __restrict__ cb_g, int bits, int qjl,
-                                                             const float* __restrict__ S, int m, RowSink out,
-                                                             float inv_sqrt_d, int dense_smem) {
-  extern __shared__ float4 smem4[];
-  float* sm = reinterpret_cast<float*>(smem4);
-  const int K = 1 << bits;
-  float* cb = sm;
-  float* bnd = sm + 256;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  uint32_t* cw = reinterpret_cast<uint32_t*>(sm + 512) + warp * 64;
-  float* buf = sm + 512 + kEncWarps * 64 + warp * 256;
-  float* Rt = sm + 512 + kEncWarps * (64 + 256);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) cb[k] = cb_g[k];
-  for (int k = threadIdx.x; k < K - 1; k += blockDim.x) bnd[k] = __fmul_rn(__fadd_rn(cb_g[k], cb_g[k + 1]), 0.5f);
-  if (!HAD && dense_smem) {
-    for (int idx = threadIdx.x; idx < d * d; idx += blockDim.x) {
-      int i = idx / d, j = idx - i * d;
-      Rt[j * d + i] = rot[idx];
-    }
-  }
-  __syncthreads();
-  float sgn_reg[E];  // Hadamard signs, loaded once per warp
-#pragma unroll
-  for (int e = 0; e < E; ++e) sgn_reg[e] = (HAD && e * 32 + lane < d) ? rot[e * 32 + lane] : 0.f;
-  for (int64_t v = (int64_t)blockIdx.x * kEncWarps + warp; v < n; v += (int64_t)gridDim.x * kEncWarps) {
-    const Tin* xv = x + v * d;
-    float z[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int i = e * 32 + lane;
-      z[e] = (i < d) ? to_f<Tin>(xv[i]) : 0.f;
-    }
-    encode_warp<E, HAD>(z, d, rot, (!HAD && dense_smem) ? Rt : nullptr, sgn_reg, cb, bnd, bits, qjl, S, m,
-                        reinterpret_cast<uint32_t*>(sink_row(out, v)), inv_sqrt_d, buf, cw, lane);
-  }
-}
-
-constexpr int kDecWarps = 8;
-
-template <typename Tout, int E, bool HAD>
-__global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(const uint8_t* __restrict__ rows, int64_t n, int d,
-                                                             const float* __restrict__ rot,
-                                                             const float* __restrict__ cb_g, int bits, int Rk,
-                                                             Tout* __restrict__ out, float inv_sqrt_d) {
-  __shared__ float cb[256];
-  __shared__ float bufs[kDecWarps][256];
-  const int K = 1 << bits;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) cb[k] = cb_g[k];
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* buf = bufs[warp];
-  for (int64_t v = (int64_t)blockIdx.x * kDecWarps + warp; v < n; v += (int64_t)gridDim.x * kDecWarps) {
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(rows + v * Rk);
-    float scale = __uint_as_float(__ldg(row));
-    float y[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      int i = e * 32 + lane;
-      y[e] = (i < d) ? cb[get_bits(row + 1, i * bits, bits)] : 0.f;
-    }
-    Tout* o = out + v * d;
-    if (HAD) {
-      warp_fwht<E>(y, d, lane);
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        int i = e * 32 + lane;
-        if (i < d) o[i] = from_f<Tout>(y[e] * inv_sqrt_d * rot[i] * scale);
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        int i = e * 32 + lane;
-        if (i < d) buf[i] = y[e];
-      }
-      __syncwarp();
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        int j = e * 32 + lane;
-        if (j < d) {
-          float acc = 0.f;
-          for (int i = 0; i < d; ++i) acc += __ldg(rot + (size_t)i * d + j) * buf[i];
-          o[j] = from_f<Tout>(acc * scale);
-        }
-      }
-      __syncwarp();
-    }
-  }
-}
-
-// Host-side launchers (tq_codec.cu). Return a cudaError_t-like code, 0 on success; errors set msg.
+// Host-side launchers (encode.cu, decode.cu). Return a cudaError_t-like code, 0 on success; errors set msg.
 int launch_encode(const void* x, int x_dtype, int64_t n, int d, const float* rot, int rot_rank, const float* cb,
                   int bits, int qjl, const float* S, int m, const RowSink& sink, cudaStream_t stream,
                   const char** msg);
 int launch_decode(const uint8_t* rows, int64_t n, int d, const float* rot, int rot_rank, const float* cb, int bits,
                   int Rk, void* out, int out_dtype, cudaStream_t stream, const char** msg);
-// An attribute of the current device, queried once per device (`fallback` when the query fails).
-template <cudaDeviceAttr A>
-inline int device_attr(int fallback) {
-  static int cached[64] = {0};  // value + 1; 0: not queried yet
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (!cached[dev]) {
-    int v = 0;
-    cached[dev] = 1 + (cudaDeviceGetAttribute(&v, A, dev) == cudaSuccess && v > 0 ? v : fallback);
-  }
-  return cached[dev] - 1;
-}
-inline int num_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(80); }
-inline int smem_optin_limit() { return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024); }
-
-// Resident blocks per SM of a kernel at this block size and shared memory, queried once per device
-// (at least 1); `cache` is the caller's record for that kernel and launch shape.
-inline int blocks_per_sm_once(const void* kern, int threads, size_t smem, int (&cache)[64]) {
-  int dev = 0;
-  cudaGetDevice(&dev);
-  int& c = cache[dev >= 0 && dev < 64 ? dev : 0];
-  if (!c) {
-    int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kern, threads, smem) != cudaSuccess) b = 1;
-    c = b > 0 ? b : 1;
-  }
-  return c;
-}
-
-// Raise a kernel's dynamic shared-memory limit to `smem` once per size seen and device (a host call per
-// launch costs ORT time); `raised` is the caller's record for that kernel.
-inline cudaError_t raise_smem_once(const void* kern, int smem, int (&raised)[64]) {
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev >= 0 && dev < 64 && smem <= raised[dev]) return cudaSuccess;
-  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess && dev >= 0 && dev < 64) raised[dev] = smem;
-  return e;
-}
 
 }  // namespace cuda
 }  // namespace tq

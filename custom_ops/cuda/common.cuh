@@ -1,6 +1,6 @@
 // Shared device helpers for the TurboQuant CUDA kernels (docs/cuda.md, docs/ops.md).
-// Self-contained: row layout, bit extraction, dtype conversion, warp FWHT. Nothing here depends
-// on ONNX Runtime.
+// Self-contained: row layout, bit extraction, dtype conversion, warp FWHT, device queries. Nothing
+// here depends on ONNX Runtime.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -104,6 +104,48 @@ template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 inline bool is_pow2(int d) { return d >= 2 && (d & (d - 1)) == 0; }
+
+// Host side: device queries and launch settings shared by the launchers.
+// An attribute of the current device, queried once per device (`fallback` when the query fails).
+template <cudaDeviceAttr A>
+inline int device_attr(int fallback) {
+  static int cached[64] = {0};  // value + 1; 0: not queried yet
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev]) {
+    int v = 0;
+    cached[dev] = 1 + (cudaDeviceGetAttribute(&v, A, dev) == cudaSuccess && v > 0 ? v : fallback);
+  }
+  return cached[dev] - 1;
+}
+inline int num_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(80); }
+inline int smem_optin_limit() { return device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024); }
+
+// Resident blocks per SM of a kernel at this block size and shared memory, queried once per device
+// (at least 1); `cache` is the caller's record for that kernel and launch shape.
+inline int blocks_per_sm_once(const void* kern, int threads, size_t smem, int (&cache)[64]) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int& c = cache[dev >= 0 && dev < 64 ? dev : 0];
+  if (!c) {
+    int b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kern, threads, smem) != cudaSuccess) b = 1;
+    c = b > 0 ? b : 1;
+  }
+  return c;
+}
+
+// Raise a kernel's dynamic shared-memory limit to `smem` once per size seen and device (a host call per
+// launch costs ORT time); `raised` is the caller's record for that kernel.
+inline cudaError_t raise_smem_once(const void* kern, int smem, int (&raised)[64]) {
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev >= 0 && dev < 64 && smem <= raised[dev]) return cudaSuccess;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess && dev >= 0 && dev < 64) raised[dev] = smem;
+  return e;
+}
 
 }  // namespace cuda
 }  // namespace tq

@@ -1,12 +1,62 @@
-// Launchers for the encode / decode kernels.
+// TurboQuantEncode on CUDA: encode_kernel (warp per vector, every case) and the launchers that pick it
+// or encode_fast_kernel (encode_fast.cuh).
 #include <math.h>
 #include <stdlib.h>
 
-#include "tq_codec.cuh"
-#include "tq_encode_fast.cuh"
+#include "codec.cuh"
+#include "encode_fast.cuh"
 
 namespace tq {
 namespace cuda {
+
+constexpr int kEncWarps = 8;
+
+// Dynamic shared memory layout of encode_kernel (floats):
+//   [0,256) codebook, [256,512) boundaries, per warp 64 code words, per warp 256 scratch floats,
+//   then (dense rotation in shared memory) R^T [d*d].
+__host__ __device__ inline size_t encode_smem_bytes(int d, bool dense_smem) {
+  return sizeof(float) * (512 + kEncWarps * (64 + 256) + (dense_smem ? (size_t)d * d : 0));
+}
+
+template <typename Tin, int E, bool HAD>
+__global__ void __launch_bounds__(kEncWarps * 32) encode_kernel(const Tin* __restrict__ x, int64_t n, int d,
+                                                             const float* __restrict__ rot,
+                                                             const float* __restrict__ cb_g, int bits, int qjl,
+                                                             const float* __restrict__ S, int m, RowSink out,
+                                                             float inv_sqrt_d, int dense_smem) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  const int K = 1 << bits;
+  float* cb = sm;
+  float* bnd = sm + 256;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint32_t* cw = reinterpret_cast<uint32_t*>(sm + 512) + warp * 64;
+  float* buf = sm + 512 + kEncWarps * 64 + warp * 256;
+  float* Rt = sm + 512 + kEncWarps * (64 + 256);
+  for (int k = threadIdx.x; k < K; k += blockDim.x) cb[k] = cb_g[k];
+  for (int k = threadIdx.x; k < K - 1; k += blockDim.x) bnd[k] = __fmul_rn(__fadd_rn(cb_g[k], cb_g[k + 1]), 0.5f);
+  if (!HAD && dense_smem) {
+    for (int idx = threadIdx.x; idx < d * d; idx += blockDim.x) {
+      int i = idx / d, j = idx - i * d;
+      Rt[j * d + i] = rot[idx];
+    }
+  }
+  __syncthreads();
+  float sgn_reg[E];  // Hadamard signs, loaded once per warp
+#pragma unroll
+  for (int e = 0; e < E; ++e) sgn_reg[e] = (HAD && e * 32 + lane < d) ? rot[e * 32 + lane] : 0.f;
+  for (int64_t v = (int64_t)blockIdx.x * kEncWarps + warp; v < n; v += (int64_t)gridDim.x * kEncWarps) {
+    const Tin* xv = x + v * d;
+    float z[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      int i = e * 32 + lane;
+      z[e] = (i < d) ? to_f<Tin>(xv[i]) : 0.f;
+    }
+    encode_warp<E, HAD>(z, d, rot, (!HAD && dense_smem) ? Rt : nullptr, sgn_reg, cb, bnd, bits, qjl, S, m,
+                        reinterpret_cast<uint32_t*>(sink_row(out, v)), inv_sqrt_d, buf, cw, lane);
+  }
+}
 
 template <typename Tin, int E, bool HAD>
 static int run_encode_t(const Tin* x, int64_t n, int d, const float* rot, const float* cb, int bits, int qjl,
@@ -110,53 +160,6 @@ int launch_encode(const void* x, int x_dtype, int64_t n, int d, const float* rot
       return run_encode_e<__nv_bfloat16>((const __nv_bfloat16*)x, n, d, rot, rot_rank, cb, bits, qjl, S, m, sink,
                                          stream, msg);
     default: *msg = "x dtype must be float32, float16 or bfloat16"; return -1;
-  }
-}
-
-template <typename Tout>
-static int run_decode_e(const uint8_t* rows, int64_t n, int d, const float* rot, int rot_rank, const float* cb,
-                        int bits, int Rk, Tout* out, cudaStream_t stream, const char** msg) {
-  int E = (d + 31) / 32;
-  bool had = rot_rank == 1;
-  int64_t blocks = (n + kDecWarps - 1) / kDecWarps;
-  int64_t cap = (int64_t)num_sms() * 8;
-  if (blocks > cap) blocks = cap;
-  float inv_sqrt_d = had ? (float)(1.0 / sqrt((double)d)) : 1.0f;
-#define TQ_DEC_CASE(EE)                                                                                   \
-  case EE:                                                                                                \
-    if (had)                                                                                              \
-      decode_kernel<Tout, EE, true><<<(unsigned)blocks, kDecWarps * 32, 0, stream>>>(rows, n, d, rot, cb, bits, Rk, \
-                                                                                      out, inv_sqrt_d);   \
-    else                                                                                                  \
-      decode_kernel<Tout, EE, false><<<(unsigned)blocks, kDecWarps * 32, 0, stream>>>(rows, n, d, rot, cb, bits, Rk, \
-                                                                                       out, inv_sqrt_d);  \
-    break;
-  switch (E) {
-    TQ_DEC_CASE(1)
-    TQ_DEC_CASE(2)
-    TQ_DEC_CASE(3)
-    TQ_DEC_CASE(4)
-    TQ_DEC_CASE(8)
-    default:
-      *msg = "head_dim not supported by the CUDA kernels (supported: d <= 128, or 225..256)";
-      return -1;
-  }
-#undef TQ_DEC_CASE
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) { *msg = cudaGetErrorString(e); return (int)e; }
-  return 0;
-}
-
-int launch_decode(const uint8_t* rows, int64_t n, int d, const float* rot, int rot_rank, const float* cb, int bits,
-                  int Rk, void* out, int out_dtype, cudaStream_t stream, const char** msg) {
-  if (n <= 0) return 0;
-  if (rot_rank == 1 && !is_pow2(d)) { *msg = "rotation of rank 1 needs d a power of two"; return -1; }
-  switch (out_dtype) {
-    case kF32: return run_decode_e<float>(rows, n, d, rot, rot_rank, cb, bits, Rk, (float*)out, stream, msg);
-    case kF16: return run_decode_e<__half>(rows, n, d, rot, rot_rank, cb, bits, Rk, (__half*)out, stream, msg);
-    case kBF16:
-      return run_decode_e<__nv_bfloat16>(rows, n, d, rot, rot_rank, cb, bits, Rk, (__nv_bfloat16*)out, stream, msg);
-    default: *msg = "output dtype must be float32, float16 or bfloat16"; return -1;
   }
 }
 

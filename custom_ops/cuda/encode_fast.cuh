@@ -15,7 +15,7 @@
 
 #include <type_traits>
 
-#include "tq_codec.cuh"
+#include "codec.cuh"
 
 namespace tq {
 namespace cuda {

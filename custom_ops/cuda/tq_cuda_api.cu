@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "tq_codec.cuh"
+#include "codec.cuh"
 #include "tq_cuda_api.h"
 
 namespace tq {

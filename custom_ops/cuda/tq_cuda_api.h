@@ -1,7 +1,8 @@
 /* TurboQuant CUDA kernels: a plain C ABI (device pointers, sizes, a cudaStream_t).
  *
- * Used by the ONNX Runtime CUDA EP adapters (custom_ops/ort/cuda_ops.cc) and, through ctypes, by
- * tests/gpu/ and benchmarks/gpu/ without ONNX Runtime. Semantics: docs/ops.md; design and tuning:
+ * The one door into the CUDA code: used by the ONNX Runtime CUDA EP adapters (custom_ops/ort/cuda_*_op.cc),
+ * the TensorRT plugins (custom_ops/trt/) and, through ctypes, by tests/gpu/ and benchmarks/gpu/ without
+ * ONNX Runtime. Semantics: docs/ops.md; design and tuning:
  * docs/cuda.md. Every function returns 0 on success, else a nonzero code with a message in
  * tq_cuda_last_error() (thread-local). Nothing here synchronizes the stream.
  *

@@ -5,7 +5,7 @@
 #include "cpu/attention.h"
 #include "ort/attention_io.h"
 #include "ort/codec_args.h"
-#include "ort/ops.h"
+#include "ort/op_table.h"
 
 namespace tq::ort {
 namespace {
@@ -182,7 +182,7 @@ struct AttentionOp : OpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
 
 }  // namespace
 
-void add_attention_ops(std::vector<const OrtCustomOp*>& ops) {
+void add_cpu_attention_ops(std::vector<const OrtCustomOp*>& ops) {
   // Order matters: ORT infers output types from the first registration whose input types match,
   // so the uint8-values variant must precede the keys-only one (whose past_value takes any type).
   static AttentionOp<kF32, false> f32;

@@ -1,6 +1,6 @@
 // TurboQuantDecode(rows, rotation, codebook [, qjl_matrix]) -> x_hat (docs/ops.md section 3).
 #include "ort/codec_args.h"
-#include "ort/ops.h"
+#include "ort/op_table.h"
 
 namespace tq::ort {
 namespace {
@@ -65,7 +65,7 @@ struct DecodeOp : OpBase<DecodeOp, DecodeKernel> {
 
 }  // namespace
 
-void add_decode_ops(std::vector<const OrtCustomOp*>& ops) {
+void add_cpu_decode_ops(std::vector<const OrtCustomOp*>& ops) {
   static DecodeOp op;
   ops.push_back(&op);
 }

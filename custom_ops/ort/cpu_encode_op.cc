@@ -1,6 +1,6 @@
 // TurboQuantEncode(x, rotation, codebook [, qjl_matrix]) -> rows (docs/ops.md section 2).
 #include "ort/codec_args.h"
-#include "ort/ops.h"
+#include "ort/op_table.h"
 
 namespace tq::ort {
 namespace {
@@ -55,7 +55,7 @@ struct EncodeOp : OpBase<EncodeOp, EncodeKernel> {
 
 }  // namespace
 
-void add_encode_ops(std::vector<const OrtCustomOp*>& ops) {
+void add_cpu_encode_ops(std::vector<const OrtCustomOp*>& ops) {
   static EncodeOp op;
   ops.push_back(&op);
 }

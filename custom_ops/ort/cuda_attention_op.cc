@@ -1,200 +1,16 @@
-// ORT CUDA EP adapters: shape checks on the host, then the plain-pointer kernels of
-// custom_ops/cuda/tq_cuda_api.h on the stream ORT gives the kernel (KernelContext_GetGPUComputeStream),
-// scratch from the kernel context's CUDA allocator (KernelContext_GetAllocator). Device-side values
-// (seqlens_k) are never read on the host: an out-of-range seqlens_k gives NaN outputs for that batch row.
-#include "ort/cuda_ops.h"
-
-#include <cuda_runtime.h>
-
+// TurboQuantAttention for ONNX Runtime's CUDAExecutionProvider (docs/cuda.md; helpers in cuda_common.h).
 #include <string>
 #include <vector>
 
 #include "cuda/tq_cuda_api.h"
 #include "ort/attention_io.h"
-#include "ort/common.h"
+#include "ort/cuda_common.h"
+#include "ort/op_table.h"
 
-namespace tq {
+namespace tq::ort {
+namespace cuda_ep {
 namespace {
 
-using ort::ElemType;
-using ort::Input;
-using ort::kAny;
-using ort::kF16;
-using ort::kF32;
-using ort::kI32;
-using ort::kU8;
-constexpr ElemType kBF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-constexpr const char* kCudaEP = "CUDAExecutionProvider";
-
-std::string str(int64_t v) { return std::to_string(v); }
-
-int dtype_code(ElemType t) { return t == kF32 ? 1 : t == kF16 ? 10 : t == kBF16 ? 16 : 0; }
-
-Input opt_input(Ort::KernelContext& ctx, size_t i, const char* name) {
-  Input in;
-  in.name = name;
-  if (i >= ctx.GetInputCount()) return in;
-  auto v = ctx.GetInput(i);
-  if (!v) return in;
-  in = ort::get_input(ctx, i, name);
-  if (in.numel() == 0) in.present = false;
-  return in;
-}
-
-void check(int rc, const std::string& where) {
-  if (rc != 0) ort::fail(where + ": CUDA kernel failed: " + tq_cuda_last_error());
-}
-
-// d and rank from the rotation initializer.
-int rotation_dim(const Input& rot) {
-  rot.require_type(kF32);
-  if (rot.rank() == 1) {
-    int64_t d = rot.dim(0);
-    rot.require(d >= 2 && (d & (d - 1)) == 0, "[d] with d a power of two, or [d, d]");
-    return int(d);
-  }
-  rot.require(rot.rank() == 2 && rot.dim(0) == rot.dim(1), "[d] with d a power of two, or [d, d]");
-  return int(rot.dim(0));
-}
-
-int codebook_bits(const Input& cb) {
-  cb.require_type(kF32);
-  cb.require(cb.rank() == 1, "shape [2^bits]");
-  for (int b : {1, 2, 3, 4, 8})
-    if (cb.dim(0) == (int64_t(1) << b)) return b;
-  cb.fail_expected("length 2^bits with bits in {1, 2, 3, 4, 8}");
-}
-
-int qjl_rows(const Input& qjl, int d, bool use_qjl) {
-  if (!use_qjl) return 0;
-  qjl.require(qjl.present, "a float32 [m, d] matrix (use_qjl=1)");
-  qjl.require_type(kF32);
-  qjl.require(qjl.rank() == 2 && qjl.dim(1) == d && qjl.dim(0) >= 1 && qjl.dim(0) <= 256,
-              [&] { return "[m, " + str(d) + "] with 1 <= m <= 256"; });
-  return int(qjl.dim(0));
-}
-
-struct Scratch {
-  Scratch(Ort::KernelContext& ctx, size_t bytes) : alloc(nullptr) {
-    if (!bytes) return;
-    int dev = 0;
-    cudaGetDevice(&dev);
-    Ort::MemoryInfo mi("Cuda", OrtDeviceAllocator, dev, OrtMemTypeDefault);
-    alloc = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(mi));
-    ptr = alloc.Alloc(bytes);
-  }
-  // Freed after the launches: ORT's CUDA allocator hands memory back in stream order (the same
-  // contract as its own kernels' scratch buffers).
-  ~Scratch() {
-    if (ptr) alloc.Free(ptr);
-  }
-  Ort::Allocator alloc;
-  void* ptr = nullptr;
-};
-
-template <typename Op, typename Kernel>
-struct CudaOpBase : ort::OpBase<Op, Kernel> {
-  const char* GetExecutionProviderType() const { return kCudaEP; }
-};
-
-// ------------------------------------------------------------------------------------ Encode
-struct EncodeKernel {
-  explicit EncodeKernel(const OrtKernelInfo* info)
-      : name_("TurboQuantEncode (CUDA) '" + ort::node_name(info) + "'") {
-    if (!ort::has_attr(info, "bits")) ort::fail("attribute 'bits' is required (one of 1, 2, 3, 4, 8)");
-    bits_ = ort::attr_int(info, "bits", -1);
-    use_qjl_ = ort::attr_int(info, "use_qjl", 0);
-    if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
-  }
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
-  void Compute(OrtKernelContext* context) {
-    Ort::KernelContext ctx(context);
-    Input x = ort::get_input(ctx, 0, "x"), rot = ort::get_input(ctx, 1, "rotation");
-    Input cb = ort::get_input(ctx, 2, "codebook"), qjl = opt_input(ctx, 3, "qjl_matrix");
-    const int d = rotation_dim(rot);
-    const int bits = codebook_bits(cb);
-    if (bits != bits_) cb.fail_expected("2^bits entries with bits=" + str(bits_) + " (the attribute)");
-    const int m = qjl_rows(qjl, d, use_qjl_ != 0);
-    x.require(x.type == kF32 || x.type == kF16 || x.type == kBF16, "dtype float32, float16 or bfloat16");
-    x.require(x.rank() >= 1 && x.dim(-1) == d, "shape [..., " + str(d) + "] (d from rotation)");
-    std::vector<int64_t> oshape(x.shape);
-    oshape.back() = tq_cuda_row_bytes(d, bits, int(use_qjl_), m);
-    auto out = ctx.GetOutput(0, oshape);
-    const int64_t n = x.numel() / d;
-    if (n == 0) return;
-    check(tq_cuda_encode(x.data, dtype_code(x.type), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,
-                         int(use_qjl_), use_qjl_ ? qjl.ptr<float>() : nullptr, m,
-                         out.GetTensorMutableData<uint8_t>(), ctx.GetGPUComputeStream()),
-          name_);
-  }
-  std::string name_;
-  int64_t bits_ = 0, use_qjl_ = 0;
-};
-
-struct EncodeOp : CudaOpBase<EncodeOp, EncodeKernel> {
-  const char* GetName() const { return "TurboQuantEncode"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ElemType GetInputType(size_t) const { return kAny; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ElemType GetOutputType(size_t) const { return kU8; }
-};
-
-// ------------------------------------------------------------------------------------ Decode
-struct DecodeKernel {
-  explicit DecodeKernel(const OrtKernelInfo* info)
-      : name_("TurboQuantDecode (CUDA) '" + ort::node_name(info) + "'") {
-    use_qjl_ = ort::attr_int(info, "use_qjl", 0);
-    if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
-    od_ = ort::attr_int(info, "output_dtype", 1);
-    if (od_ != 1 && od_ != 10 && od_ != 16)
-      ort::fail("attribute output_dtype=" + str(od_) + ": expected 1 (float32), 10 (float16) or 16 (bfloat16)");
-    ElemType declared = Ort::ConstKernelInfo(info).GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
-    if (dtype_code(declared) != od_)
-      ort::fail(std::string("output 'x_hat' is declared ") + ort::type_name(declared) + " in the model but output_dtype=" +
-                str(od_));
-  }
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
-  void Compute(OrtKernelContext* context) {
-    Ort::KernelContext ctx(context);
-    Input rows = ort::get_input(ctx, 0, "rows"), rot = ort::get_input(ctx, 1, "rotation");
-    Input cb = ort::get_input(ctx, 2, "codebook"), qjl = opt_input(ctx, 3, "qjl_matrix");
-    const int d = rotation_dim(rot);
-    const int bits = codebook_bits(cb);
-    const int m = qjl_rows(qjl, d, use_qjl_ != 0);
-    const int rb = tq_cuda_row_bytes(d, bits, int(use_qjl_), m);
-    rows.require_type(kU8);
-    rows.require(rows.rank() >= 1 && rows.dim(-1) == rb,
-                 "shape [..., " + str(rb) + "] (row_bytes for d=" + str(d) + ", bits=" + str(bits) +
-                     ", use_qjl=" + str(use_qjl_) + ")");
-    std::vector<int64_t> oshape(rows.shape);
-    oshape.back() = d;
-    auto out = ctx.GetOutput(0, oshape);
-    const int64_t n = rows.numel() / rb;
-    if (n == 0) return;
-    check(tq_cuda_decode(rows.ptr<uint8_t>(), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,
-                         int(use_qjl_), m, out.GetTensorMutableRawData(), int(od_), ctx.GetGPUComputeStream()),
-          name_);
-  }
-  std::string name_;
-  int64_t use_qjl_ = 0, od_ = 1;
-};
-
-struct DecodeOp : CudaOpBase<DecodeOp, DecodeKernel> {
-  const char* GetName() const { return "TurboQuantDecode"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ElemType GetInputType(size_t i) const { return i == 0 ? kU8 : kF32; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ElemType GetOutputType(size_t) const { return kAny; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_OPTIONAL; }
-};
-
-// --------------------------------------------------------------------------------- Attention
 // Inputs 13/14 and outputs 3/4 are the recent-window rings (docs/ops.md 4), with the CPU adapter's
 // decisions: R = 0 ignores ring inputs and gives ring outputs of shape [B, Hkv, 0, d]; R > 0 needs
 // past_key_recent (and past_value_recent unless value_bits = 0) of dtype T and shape [B, Hkv, R, d];
@@ -344,19 +160,16 @@ struct AttentionOp : CudaOpBase<AttentionOp<T, kKeysOnly>, AttentionKernel> {
 };
 
 }  // namespace
+}  // namespace cuda_ep
 
-void RegisterCudaOps(Ort::CustomOpDomain& domain) {
-  static EncodeOp enc;
-  static DecodeOp dec;
-  static AttentionOp<kF32, false> f32;
-  static AttentionOp<kF16, false> f16;
-  static AttentionOp<kBF16, false> bf16;
-  static AttentionOp<kF32, true> f32_ko;
-  static AttentionOp<kF16, true> f16_ko;
-  static AttentionOp<kBF16, true> bf16_ko;
-  for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{&enc, &dec, &f32, &f16, &bf16, &f32_ko,
-                                                                         &f16_ko, &bf16_ko})
-    domain.Add(op);
+void add_cuda_attention_ops(std::vector<const OrtCustomOp*>& ops) {
+  static cuda_ep::AttentionOp<kF32, false> f32;
+  static cuda_ep::AttentionOp<kF16, false> f16;
+  static cuda_ep::AttentionOp<cuda_ep::kBF16, false> bf16;
+  static cuda_ep::AttentionOp<kF32, true> f32_ko;
+  static cuda_ep::AttentionOp<kF16, true> f16_ko;
+  static cuda_ep::AttentionOp<cuda_ep::kBF16, true> bf16_ko;
+  ops.insert(ops.end(), {&f32, &f16, &bf16, &f32_ko, &f16_ko, &bf16_ko});
 }
 
-}  // namespace tq
+}  // namespace tq::ort

@@ -1,12 +1,10 @@
-// The one registration table: RegisterCustomOps is the library's only exported symbol.
+// The one ORT registration table: every op of the domain, per execution provider, in the order
+// ORT sees them. RegisterCustomOps is the library's only exported symbol.
 #include <mutex>
 #include <vector>
 
 #include "ort/common.h"
-#include "ort/ops.h"
-#ifdef TQ_WITH_CUDA
-#include "ort/cuda_ops.h"
-#endif
+#include "ort/op_table.h"
 
 #define TQ_STR2(x) #x
 #define TQ_STR(x) TQ_STR2(x)
@@ -20,13 +18,16 @@ Ort::CustomOpDomain& domain() {
   static Ort::CustomOpDomain* dom = [] {
     auto* d = new Ort::CustomOpDomain(kDomain);
     std::vector<const OrtCustomOp*> ops;
-    tq::ort::add_encode_ops(ops);
-    tq::ort::add_decode_ops(ops);
-    tq::ort::add_attention_ops(ops);
-    for (const OrtCustomOp* op : ops) d->Add(op);
+    // op                                      execution provider   adapter
+    tq::ort::add_cpu_encode_ops(ops);       // TurboQuantEncode     CPU    ort/cpu_encode_op.cc
+    tq::ort::add_cpu_decode_ops(ops);       // TurboQuantDecode     CPU    ort/cpu_decode_op.cc
+    tq::ort::add_cpu_attention_ops(ops);    // TurboQuantAttention  CPU    ort/cpu_attention_op.cc
 #ifdef TQ_WITH_CUDA
-    tq::RegisterCudaOps(*d);
+    tq::ort::add_cuda_encode_ops(ops);      // TurboQuantEncode     CUDA   ort/cuda_encode_op.cc
+    tq::ort::add_cuda_decode_ops(ops);      // TurboQuantDecode     CUDA   ort/cuda_decode_op.cc
+    tq::ort::add_cuda_attention_ops(ops);   // TurboQuantAttention  CUDA   ort/cuda_attention_op.cc
 #endif
+    for (const OrtCustomOp* op : ops) d->Add(op);
     return d;
   }();
   return *dom;

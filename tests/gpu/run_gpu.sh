@@ -18,7 +18,7 @@ for s in $steps; do
   case $s in
     build) { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1;
              time tests/gpu/build.sh; } > "$OUT/build.log" 2>&1 || { rc=1; tail -40 "$OUT/build.log"; }
-           grep -A1 "decode_split_kernel" build/gpu/tq_attention.ptxas.log | grep -E "registers|spill" | head -8 ;;
+           grep -A1 "decode_split_kernel" build/gpu/attention_dispatch.ptxas.log | grep -E "registers|spill" | head -8 ;;
     prebuilt) if python3 -c "import ctypes; ctypes.CDLL('build/gpu/libtq_cuda.so').tq_cuda_row_bytes" 2>/dev/null; then
                 echo "using the carried build/gpu/libtq_cuda.so"
               else
@@ -52,7 +52,7 @@ for s in $steps; do
            > "$OUT/ncu.log" 2>&1 || rc=1; grep -E "Duration|Throughput|Memory \[|Registers|Achieved Occ|Stall|Warp Cycles|Block Limit|Theoretical Occ" "$OUT/ncu.log" | head -40 ;;
     benchort) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIB=$PWD/build/ort/libtq_ort_ops.so python3 benchmarks/gpu/bench_attention.py \
            > "$OUT/bench_ort.log" 2>&1 || rc=1; tail -30 "$OUT/bench_ort.log" ;;
-    sass) cuobjdump -sass -arch sm_90 build/gpu/tq_attention.o > "$OUT/sass_all.txt" 2>&1;
+    sass) cuobjdump -sass -arch sm_90 build/gpu/attention_dispatch.o > "$OUT/sass_all.txt" 2>&1;
           python3 - "$OUT/sass_all.txt" > "$OUT/sass_decode128_b4.txt" <<'PY'
 import sys
 t = open(sys.argv[1]).read().split("Function : ")
