@@ -65,3 +65,17 @@ def library_has_attention() -> bool:
         return True
     except Exception:
         return False
+
+
+def rewritten_folder(parent: Path, family: str, *flags: str) -> Path:
+    """A rewritten tiny `family` model folder under `parent` (model.onnx, the export's config and tokenizer
+    files, and model.onnx.original.json naming the float export), made with `tq-ort rewrite FLAGS`."""
+    from tq_ort.cli.main import main
+
+    src = tiny_export(family)
+    out = Path(parent) / f"{family}-tq"
+    out.mkdir(parents=True)
+    for f in src.parent.glob("*.json"):
+        (out / f.name).write_bytes(f.read_bytes())
+    assert main(["rewrite", str(src), "-o", str(out / "model.onnx"), *flags]) == 0
+    return out

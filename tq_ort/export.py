@@ -62,6 +62,9 @@ def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, 
         raise ValueError(f"recent_window={cfg.recent_window} with source 'genai': onnxruntime-genai's generator feeds "
                          "only past_key_values.{i}.key/.value and would not carry the exact recent-window rings; "
                          "use recent_window=0, or another source with tq_ort.session.DecoderSession")
+    if source == "genai" and cfg.target == "edge":  # before exporting anything (docs/edge.md)
+        raise ValueError("--target edge with --source genai: onnxruntime-genai graphs use ORT contrib ops "
+                         "(com.microsoft) besides the attention; use --source optimum or dynamo")
     steps = tqdm(total=3, desc="tq-ort export", disable=not progress, unit="step")
     steps.set_postfix_str("model")
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -76,6 +79,7 @@ def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, 
     out_dir.mkdir(parents=True, exist_ok=True)
     hf = json.loads((model_dir / "config.json").read_text())
     dst = rewrite_file(src, out_dir / "model.onnx", cfg, hf_config=hf)
+    record_original(dst, src)
     for name in SIDE_FILES:
         for base in (src.parent, model_dir):
             if (base / name).exists() and not (out_dir / name).exists():
@@ -87,3 +91,33 @@ def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, 
     steps.update()
     steps.close()
     return dst
+
+
+def default_export(cfg: TQConfig | None = None) -> Path:
+    """The embedded default model exported and rewritten with `cfg` (default: the default configuration), cached."""
+    cfg = cfg or TQConfig()
+    out = cache_dir() / "default" / f"smollm2-k{cfg.key_bits}v{cfg.value_bits}"
+    if not (out / "model.onnx").exists():
+        export_and_rewrite(None, out, cfg)
+    return out
+
+
+ORIGINAL_SUFFIX = ".original.json"  # model.onnx.original.json: where the float model it was rewritten from is
+
+
+def record_original(rewritten: Path, original: Path) -> Path:
+    """Write <rewritten>.original.json naming the float model `rewritten` came from (tq-ort check reads it)."""
+    rec = Path(rewritten).with_name(Path(rewritten).name + ORIGINAL_SUFFIX)
+    rec.write_text(json.dumps({"original": str(Path(original).resolve())}) + "\n")
+    return rec
+
+
+def recorded_original(rewritten: Path) -> Path | None:
+    """The float model recorded beside a rewritten model, or None (folders made before the record existed)."""
+    rec = Path(rewritten).with_name(Path(rewritten).name + ORIGINAL_SUFFIX)
+    if not rec.exists():
+        return None
+    try:
+        return Path(json.loads(rec.read_text())["original"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{rec}: expected {{\"original\": PATH}} ({e})") from None

@@ -8,6 +8,8 @@
 # quick cases)
 # | ortunpack | ortbuild | ortprebuilt (carried build/ort/libtq_ort_ops.so if present, else ortbuild)
 # | orttest | benchort | benchring (R = 0 vs 64, ORT session and kernel) | ncu | sass | bench
+# | benchab (bench_attention --quick, this build and a carried older one in build/old/ {libtq_cuda.so,
+#   libtq_ort_ops.so} alternately, AB_ROUNDS rounds (default 2): side-by-side timings for a refactor)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-build/gpu/out}"; mkdir -p "$OUT"
@@ -63,6 +65,16 @@ PY
           rm -f "$OUT/sass_all.txt"; grep -cE "HMMA|LDS" "$OUT/sass_decode128_b4.txt" ;;
     benchring) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIB=$PWD/build/ort/libtq_ort_ops.so python3 benchmarks/gpu/bench_attention.py \
            --recent-window 64 --contexts 16384,131072 > "$OUT/bench_ring.log" 2>&1 || rc=1; tail -12 "$OUT/bench_ring.log" ;;
+    benchab) for i in $(seq "${AB_ROUNDS:-2}"); do
+               for b in old new; do
+                 if [ $b = old ]; then cl=build/old/libtq_cuda.so; ol=build/old/libtq_ort_ops.so
+                 else cl=build/gpu/libtq_cuda.so; ol=build/ort/libtq_ort_ops.so; fi
+                 mkdir -p "$OUT/ab"
+                 PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_CUDA_LIB=$PWD/$cl TQ_ORT_LIB=$PWD/$ol OUT= python3 \
+                   benchmarks/gpu/bench_attention.py --quick > "$OUT/ab/bench_${b}_$i.log" 2>&1 || rc=1
+                 echo "== $b round $i"; grep -E "^\| (1|32) \|" "$OUT/ab/bench_${b}_$i.log"
+               done
+             done ;;
     bench) python3 benchmarks/gpu/bench_attention.py > "$OUT/bench.log" 2>&1 || rc=1; tail -60 "$OUT/bench.log" ;;
   esac
 done

@@ -99,7 +99,8 @@ def variants_from_args(a: argparse.Namespace) -> list[Variant]:
     c = config_from_args(a)
     return [Variant.turboquant(key_bits=c.key_bits, value_bits=c.value_bits, use_qjl=c.use_qjl,
                                keys_only=c.keys_only, protect_layers=tuple(c.protect_layers),
-                               protect_bits=c.protect_bits, seed=c.seed)]
+                               protect_bits=c.protect_bits, seed=c.seed,
+                               **({"target": c.target} if c.target != "ort" else {}))]
 
 
 def settings_from_args(a: argparse.Namespace) -> EvalSettings:

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "flag; TensorRT-RTX is strongly typed and refuses it: export a float16 model instead)")
     b.add_argument("--compute-capability", default="", metavar="SM",
                    help="TensorRT-RTX target GPU, e.g. sm89, sm120, current (default: TensorRT-RTX's default)")
+    b.add_argument("--concat", action="store_true", help="build for concat cache mode (present = past ++ new rows) "
+                   "even where the model allows a shared buffer (the default then: present aliases past)")
     b.add_argument("--quiet", action="store_true", help="no build timer")
     b.add_argument("--verbose", action="store_true", help="also print TensorRT's warnings")
     b.set_defaults(fn=run)
@@ -32,9 +34,10 @@ def run(a: argparse.Namespace) -> int:
 
     rec = build_engine(a.model, a.output, BuildOptions(
         max_context=a.max_context, max_batch=a.max_batch, max_prompt=a.max_prompt, fp16=a.fp16,
-        compute_capability=a.compute_capability, progress=not a.quiet, verbose=a.verbose))
+        compute_capability=a.compute_capability, concat=a.concat, progress=not a.quiet, verbose=a.verbose))
     plugins = rec["plugins"]
     print(f"wrote {a.output} ({rec['engine_bytes'] / 2**20:.2f} MiB) and {a.output}.json in {rec['build_seconds']:.1f} s "
           f"({rec['tensorrt']['module']} {rec['tensorrt']['version']}; plugins: "
-          f"{', '.join(plugins['creators']) if plugins else 'none (no TurboQuant ops)'})")
+          f"{', '.join(plugins['creators']) if plugins else 'none (no TurboQuant ops)'}"
+          f"{'; shared-buffer cache' if rec['shared_buffer'] else ''})")
     return 0

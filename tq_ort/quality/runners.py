@@ -96,6 +96,8 @@ class Variant:
             s += f" recent{c.recent_window}"
         if c.seed:
             s += f" seed{c.seed}"
+        if c.target != "ort":
+            s += f" {c.target}"
         return s
 
     def describe(self) -> dict:
