@@ -36,8 +36,12 @@ class GraphBuilder:
         return n.outputs if num_outputs > 1 else n.outputs[0]
 
     # -- the codec's initializers -------------------------------------------------------------
+    def rotation_array(self, plan: LayerPlan) -> np.ndarray:
+        """The layer's rotation (signs [d] or dense [d, d]): seed + layer."""
+        return codec.rotation(plan.head_dim, self.cfg.seed + plan.layer)
+
     def rotation(self, plan: LayerPlan) -> ir.Value:
-        return self.initializer(f"tq.rotation.{plan.layer}", codec.rotation(plan.head_dim, self.cfg.seed + plan.layer))
+        return self.initializer(f"tq.rotation.{plan.layer}", self.rotation_array(plan))
 
     def codebook(self, d: int, bits: int) -> ir.Value:
         return self.initializer(f"tq.codebook.d{d}.b{bits}", codec.codebook(d, bits))

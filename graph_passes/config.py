@@ -9,6 +9,7 @@ from tq_ort import codec
 METADATA_KEY = "turboquant.config"
 SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 256)
 MAX_RECENT_WINDOW = 4096
+TARGETS = ("ort", "edge")  # ort: TurboQuant custom ops; edge: standard ai.onnx ops only (docs/edge.md)
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,18 @@ class TQConfig:
     seed: int = 0
     windows: dict[int, int] = field(default_factory=dict)  # layer -> sliding window (tokens)
     recent_window: int = 0  # the last R cached tokens also kept exact in a float ring (0 = off)
+    target: str = "ort"  # "edge": no custom ops, the codec and attention in standard ONNX ops
 
     def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}: expected one of {TARGETS}")
+        if self.target == "edge":
+            if self.use_qjl:
+                raise ValueError("--qjl (use_qjl=True) is not supported with --target edge: the QJL sign sketch "
+                                 "is not expressed in standard ONNX ops; drop --qjl or use --target ort")
+            if self.recent_window:
+                raise ValueError(f"--recent-window {self.recent_window} (recent_window) is not supported with "
+                                 "--target edge: edge models keep no exact ring; use --recent-window 0 or --target ort")
         ok = codec.SUPPORTED_BITS
         if self.key_bits not in ok or (self.use_qjl and self.key_bits - 1 not in ok):
             raise ValueError(f"key_bits={self.key_bits}: expected one of {ok}"
@@ -105,6 +116,7 @@ def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buf
                       "keys_only": cfg.keys_only, "protect_layers": list(cfg.protect_layers),
                       "protect_bits": cfg.protect_bits, "recent_window": cfg.recent_window},
         "shared_buffer_ok": shared_buffer_ok,
+        "target": cfg.target,
         "layers": [asdict(p) for p in plans],
     })
 

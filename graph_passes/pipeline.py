@@ -14,6 +14,7 @@ from . import rule_onnx_attention as onnx_attention
 from .builder import DOMAIN, GraphBuilder
 from .cache_io import find_cache_io, retype_cache
 from .config import METADATA_KEY, TQConfig, metadata_json, plan_layer
+from .edge_attention import EdgeGraphBuilder
 from .matching import RewriteError
 
 RULES = {"GroupQueryAttention": gqa, "Attention": onnx_attention, "decomposed": decomposed}
@@ -55,6 +56,9 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
     ios = find_cache_io(graph)
     source = detect_source(graph)
     rule = RULES[source]
+    edge = cfg.target == "edge"
+    if edge:
+        _check_edge_source(model, source)
     matches, errors = _match_all(rule, ios, hf)
     if errors and source == "decomposed":
         # exporters compute scales from shapes at run time (gpt2: 1/sqrt(d) via Shape -> Sqrt):
@@ -78,7 +82,7 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
             windows.setdefault(layer, m["window"])
     if windows != cfg.windows:
         cfg = TQConfig(**{**cfg.__dict__, "windows": windows})
-    b = GraphBuilder(graph, cfg)
+    b = (EdgeGraphBuilder if edge else GraphBuilder)(graph, cfg)
     plans = []
     n = len(ios)
     for io in ios:
@@ -100,13 +104,15 @@ def rewrite_model(model: ir.Model, cfg: TQConfig, *, hf_config: dict | None = No
         seqlens, total = b.seqlens_from_mask(mask)
     for io, plan in zip(ios, plans):
         rule.rewrite(b, io, plan, matches[io.layer], seqlens, total)
-    model.opset_imports[DOMAIN] = 1
+    if not edge:
+        model.opset_imports[DOMAIN] = 1
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
     RemoveUnusedOpsetsPass()(model)
-    model.opset_imports[DOMAIN] = 1
-    _check_cache_consumers(graph, ios)
-    shared_ok = _past_shape_unused(graph, ios)
+    if not edge:
+        model.opset_imports[DOMAIN] = 1
+    _check_cache_consumers(graph, ios, set(b.nodes) if edge else None)
+    shared_ok = not edge and _past_shape_unused(graph, ios)  # edge models run in concat mode
     model.metadata_props[METADATA_KEY] = metadata_json(cfg, plans, source, shared_ok)
     return model
 
@@ -118,6 +124,25 @@ def _float_dtype(io) -> str:
     if dt is not None and dt not in names:
         raise RewriteError(f"layer {io.layer}: {io.past_key.name} dtype {dt}: expected float32 or float16")
     return names.get(dt, "float32")
+
+
+EDGE_MIN_OPSET = 15  # Shape(start, end), Range, CumSum, GreaterOrEqual / LessOrEqual
+
+
+def _check_edge_source(model: ir.Model, source: str) -> None:
+    """--target edge: refuse what the standard-op path cannot express, before anything changes."""
+    if source == "GroupQueryAttention":
+        raise RewriteError("--target edge: onnxruntime-genai (GroupQueryAttention) graphs are not supported: they "
+                           "use ORT contrib ops (com.microsoft) besides the attention and keep RoPE inside it; "
+                           "export with optimum or torch.onnx (tq-ort export --source optimum|dynamo)")
+    opset = model.opset_imports.get("", 0)
+    if opset < EDGE_MIN_OPSET:
+        raise RewriteError(f"--target edge: the model's ai.onnx opset is {opset}; expected >= {EDGE_MIN_OPSET} "
+                           "(re-export with a newer opset)")
+    contrib = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.all_nodes() if n.domain not in ("", "ai.onnx")})
+    if contrib:
+        raise RewriteError(f"--target edge: the model has non-standard ops {contrib[:6]}: an edge model may only "
+                           "use ai.onnx ops")
 
 
 def _match_all(rule, ios, hf) -> tuple[dict, dict]:
@@ -137,10 +162,12 @@ def mask_root(v):
     return v
 
 
-def _check_cache_consumers(graph: ir.Graph, ios) -> None:
+def _check_cache_consumers(graph: ir.Graph, ios, edge_nodes: set | None = None) -> None:
+    """Only the attention (or, for edge models, the nodes the edge builder emitted) reads the cache."""
     for io in ios:
         for v in (io.past_key, io.past_value):
-            bad = [u.node for u in v.uses() if u.node.op_type not in ("TurboQuantAttention", "Shape")]
+            bad = [u.node for u in v.uses() if u.node.op_type != "Shape" and (
+                u.node not in edge_nodes if edge_nodes is not None else u.node.op_type != "TurboQuantAttention")]
             if bad:
                 raise RewriteError(f"layer {io.layer}: {v.name} is still read by {[n.op_type for n in bad]} "
                                    "after the rewrite (the attention has other consumers of the cache)")

@@ -7,6 +7,7 @@ max_length, so each step writes only the new rows. Models whose graph still read
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,6 +41,18 @@ def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
     return int(rng.choice(order, p=p))
 
 
+def model_target(path: str | Path) -> str:
+    """The rewrite target recorded in a model's metadata: "edge" (standard ops only) or "ort"
+    (custom ops; also for original and pre-target models). Reads no weights."""
+    import onnx
+
+    from .cache import METADATA_KEY
+
+    m = onnx.load(str(path), load_external_data=False)
+    raw = next((p.value for p in m.metadata_props if p.key == METADATA_KEY), None)
+    return str(json.loads(raw).get("target", "ort")) if raw else "ort"
+
+
 class DecoderSession:
     """Runs a decoder ONNX model step by step. `device` is "cpu" or "cuda"."""
 
@@ -52,7 +65,10 @@ class DecoderSession:
             self.path = self.path / "model.onnx"
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such model")
-        so = tq_options(session_options or ort.SessionOptions())
+        self.target = model_target(self.path)
+        so = session_options or ort.SessionOptions()
+        if self.target != "edge":  # edge models are standard ONNX: the custom-op library is not loaded
+            so = tq_options(so)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("device 'cuda': this onnxruntime has no CUDAExecutionProvider "
@@ -94,6 +110,10 @@ class DecoderSession:
         """Bytes the cache occupies now (shared buffer: the whole capacity)."""
         return sum(int(np.prod(v.shape())) * s.dtype.itemsize for s, v in
                    ((s, self._cache[s.past]) for s in self.specs))
+
+    def cache_arrays(self) -> dict[str, np.ndarray]:
+        """The cache as it stands (past_key_values.* names -> host copies)."""
+        return {name: v.numpy() for name, v in self._cache.items()}
 
     def memory_report(self, context: int | None = None) -> dict:
         return describe(self.config, self.specs, context or self.max_length, getattr(self, "batch", 1))
