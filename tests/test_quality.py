@@ -191,3 +191,46 @@ def test_eval_8bit_stays_close_to_float(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for v in rec["original"]["ppl"].values())
     md = quality.markdown_report(rec)
     assert "K8V8" in md and "uniform int8" in md
+
+
+@pytest.mark.parametrize("flags", [["--preset", "balanced"], ["--preset", "quality"], ["--preset", "max-compression"],
+                                   ["--key-bits", "4", "--value-bits", "3", "--recent-window", "64"],
+                                   ["--key-bits", "3", "--qjl", "--protect-layers", "0,-1", "--protect-bits", "4",
+                                    "--seed", "7"],
+                                   ["--keys-only", "--target", "edge"],
+                                   ["--preset", "balanced", "--seed", "3"]])
+def test_eval_and_export_build_the_same_config(flags):
+    """Every compression flag means the same in `eval` as in `export` (and `rewrite`): one config path.
+    A preset's recent window used to be dropped by eval (K4V3 evaluated as plain K4V3)."""
+    from tq_ort.cli.codec_flags import config_from_args
+    from tq_ort.cli.eval import variants_from_args
+    from tq_ort.cli.main import build_parser
+
+    p = build_parser()
+    want = config_from_args(p.parse_args(["export", "-o", "x", *flags]))
+    assert config_from_args(p.parse_args(["rewrite", "in.onnx", "-o", "out.onnx", *flags])) == want
+    (v,) = variants_from_args(p.parse_args(["eval", *flags]))
+    assert v.tq_config() == want
+    if "balanced" in flags:
+        assert want.recent_window == 64 and v.label.startswith("K4V3 recent64")
+
+
+def test_eval_json_stdout_holds_the_json_alone(monkeypatch, capsys, tmp_path):
+    """`eval --json`: progress lines (ours and anything a library prints) go to stderr, stdout parses as JSON."""
+    import json
+
+    from tq_ort import quality
+    from tq_ort.cli.main import main
+
+    def fake_run_eval(model, variants, settings, *, progress=True, keep_dir=None, log=print, reuse=True):
+        log("model tiny: 1 window of 8 tokens")  # the default logger is print
+        print("a library's own progress line")
+        return {"model": str(model), "results": [{"variant": v.label} for v in variants]}
+
+    monkeypatch.setattr(quality, "run_eval", fake_run_eval)
+    monkeypatch.setattr(quality, "write_results", lambda rec, d, name: (tmp_path / "r.json", tmp_path / "r.md"))
+    assert main(["eval", "--preset", "balanced", "--json", "--quiet"]) == 0
+    out = capsys.readouterr()
+    rec = json.loads(out.out)
+    assert rec["results"] == [{"variant": "K4V3 recent64"}]
+    assert "a library's own progress line" in out.err and "1 window" in out.err

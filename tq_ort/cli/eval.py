@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,11 +98,7 @@ def variants_from_args(a: argparse.Namespace) -> list[Variant]:
         return [Variant.prebuilt(a.rewritten)]
     if a.uniform_baseline:
         return [Variant.uniform(a.uniform_baseline)]
-    c = config_from_args(a)
-    return [Variant.turboquant(key_bits=c.key_bits, value_bits=c.value_bits, use_qjl=c.use_qjl,
-                               keys_only=c.keys_only, protect_layers=tuple(c.protect_layers),
-                               protect_bits=c.protect_bits, seed=c.seed,
-                               **({"target": c.target} if c.target != "ort" else {}))]
+    return [Variant.from_config(config_from_args(a))]  # the same TQConfig `export` builds from these flags
 
 
 def settings_from_args(a: argparse.Namespace) -> EvalSettings:
@@ -120,8 +118,11 @@ def run(a: argparse.Namespace) -> int:
     variants = variants_from_args(a)
     settings = settings_from_args(a)
     keep = Path(a.keep_models) if a.keep_models else None
-    record = quality.run_eval(a.model, variants, settings, progress=not a.quiet, keep_dir=keep, reuse=not a.fresh)
-    j, md = quality.write_results(record, Path(a.results_dir), a.name)
+    # with --json, stdout holds the JSON alone: progress lines (ours and any library's) go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        record = quality.run_eval(a.model, variants, settings, progress=not a.quiet, keep_dir=keep,
+                                  reuse=not a.fresh)
+        j, md = quality.write_results(record, Path(a.results_dir), a.name)
     if a.plot:
         quality.plot(record, Path(a.plot))
     if a.json:

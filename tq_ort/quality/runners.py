@@ -40,6 +40,22 @@ class Variant:
         return Variant("tq", tq=tuple(sorted(kw.items())))
 
     @staticmethod
+    def from_config(cfg) -> "Variant":
+        """The TurboQuant variant of a validated TQConfig: every field that differs from TQConfig's
+        default is kept (so `eval` means the same as `export` for every flag and preset)."""
+        import dataclasses
+
+        from graph_passes import TQConfig
+
+        default = TQConfig()
+        kw = {}
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if f.name in ("key_bits", "value_bits") or v != getattr(default, f.name):
+                kw[f.name] = tuple(v) if isinstance(v, list) else v
+        return Variant.turboquant(**kw)
+
+    @staticmethod
     def uniform(bits: int, recent_window: int = 0) -> "Variant":
         return Variant("uniform", bits=bits, tq=(("recent_window", recent_window),) if recent_window else ())
 
