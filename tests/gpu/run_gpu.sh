@@ -5,7 +5,7 @@
 # Steps: build (nvcc, build/gpu/libtq_cuda.so) | prebuilt (use a carried build/gpu/libtq_cuda.so if it
 # loads, else build) | test (full kernel sweep, recent window included) | ringtest (recent-window
 # cases only) | sanitize (memcheck, quick sweep) | ringsanitize / ringracecheck (memcheck / racecheck, recent-window
-# quick cases)
+# quick cases) | racecheck / initcheck (quick sweep) | ortsanitize (memcheck over tests/test_cuda_ops.py)
 # | ortunpack | ortbuild | ortprebuilt (carried build/ort/libtq_ort_ops.so if present, else ortbuild)
 # | orttest | benchort | benchring (R = 0 vs 64, ORT session and kernel) | ncu | sass | bench
 # | benchab (bench_attention --quick, this build and a carried older one in build/old/ {libtq_cuda.so,
@@ -35,6 +35,13 @@ for s in $steps; do
     sanitize) timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
                 > "$OUT/sanitize.log" 2>&1; src=$?; echo "sanitizer rc=$src"; [ $src -ne 0 ] && rc=1
               grep -E "ERROR SUMMARY|passed|Invalid|FAIL" "$OUT/sanitize.log" | head -12 ;;
+    racecheck|initcheck) timeout 400 compute-sanitizer --tool $s --error-exitcode 9 python3 tests/gpu/test_kernels.py --quick \
+                > "$OUT/$s.log" 2>&1; src=$?; echo "$s rc=$src"; [ $src -ne 0 ] && rc=1
+              grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed|FAIL" "$OUT/$s.log" | head -12 ;;
+    ortsanitize) PYTHONPATH=/tmp/ortgpu:$PYTHONPATH TQ_ORT_LIBRARY=$PWD/build/ort/libtq_ort_ops.so timeout 500 \
+                   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -p no:cacheprovider \
+                   tests/test_cuda_ops.py > "$OUT/ortsanitize.log" 2>&1; src=$?; echo "memcheck (ORT CUDA op tests) rc=$src"
+                 [ $src -ne 0 ] && rc=1; grep -E "ERROR SUMMARY|passed|failed" "$OUT/ortsanitize.log" | tail -4 ;;
     ortbuild) { cmake -S . -B build/ort -DCMAKE_BUILD_TYPE=Release -DTQ_ORT_INCLUDE_DIR="$PWD/.device/ort-include" \
                   -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build/ort -j16; } > "$OUT/ortbuild.log" 2>&1 \
                 || { rc=1; tail -30 "$OUT/ortbuild.log"; }; ls -la build/ort/libtq_ort_ops.so ;;
