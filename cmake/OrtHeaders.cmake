@@ -2,6 +2,8 @@
 # (CMake cache variable or environment variable) names an include dir, the headers are taken from
 # the npm package of asus4's Unity ORT plugin (only its header folder is extracted) and cached in
 # ${XDG_CACHE_HOME:-~/.cache}/tq-ort/ort-headers/<package>-<version>/ for later builds.
+include("${CMAKE_CURRENT_LIST_DIR}/HeaderCache.cmake")
+
 set(TQ_ORT_NPM_PACKAGE "com.github.asus4.onnxruntime" CACHE STRING "npm package that carries the ORT headers")
 set(TQ_ORT_NPM_VERSION "0.4.9" CACHE STRING "its version (0.4.9 = ORT 1.29 headers, ORT_API_VERSION 29)")
 set(TQ_ORT_INCLUDE_DIR "" CACHE PATH "ONNX Runtime include dir (onnxruntime_cxx_api.h); empty = fetch with npm")
@@ -33,23 +35,12 @@ function(_tq_fetch_ort_headers out_dir)
   if(NOT headers)
     message(FATAL_ERROR "tq-ort: no headers under ${_tq_npm_header_dir} in ${tgz}")
   endif()
-  # Copy to a temp dir, then rename: concurrent builds never see a half-written cache.
-  file(MAKE_DIRECTORY "${out_dir}.tmp")
-  file(COPY ${headers} DESTINATION "${out_dir}.tmp")
-  file(RENAME "${out_dir}.tmp" "${out_dir}" RESULT rename_rc)
-  file(REMOVE_RECURSE "${work}" "${out_dir}.tmp")
+  tq_install_headers("${out_dir}" "${work}" ${headers})
 endfunction()
 
-if(NOT TQ_ORT_INCLUDE_DIR AND DEFINED ENV{TQ_ORT_INCLUDE_DIR} AND NOT "$ENV{TQ_ORT_INCLUDE_DIR}" STREQUAL "")
-  set(TQ_ORT_INCLUDE_DIR "$ENV{TQ_ORT_INCLUDE_DIR}" CACHE PATH "" FORCE)
-endif()
+tq_cache_var_from_env(TQ_ORT_INCLUDE_DIR)
 if(NOT TQ_ORT_INCLUDE_DIR)
-  if(DEFINED ENV{XDG_CACHE_HOME} AND NOT "$ENV{XDG_CACHE_HOME}" STREQUAL "")
-    set(_tq_cache "$ENV{XDG_CACHE_HOME}")
-  else()
-    set(_tq_cache "$ENV{HOME}/.cache")
-  endif()
-  set(_tq_dir "${_tq_cache}/tq-ort/ort-headers/${TQ_ORT_NPM_PACKAGE}-${TQ_ORT_NPM_VERSION}")
+  tq_header_cache_dir(_tq_dir "ort-headers/${TQ_ORT_NPM_PACKAGE}-${TQ_ORT_NPM_VERSION}")
   if(NOT EXISTS "${_tq_dir}/onnxruntime_cxx_api.h")
     _tq_fetch_ort_headers("${_tq_dir}")
   endif()

@@ -5,6 +5,8 @@
 # cached in ${XDG_CACHE_HOME:-~/.cache}/tq-ort/trt-headers/kernel-lens-<version>/.
 # Sets TQ_TRT_HEADERS_DIR, or leaves it empty (with a warning) when the headers cannot be had: the
 # TensorRT plugins are optional, the rest of the build goes on.
+include("${CMAKE_CURRENT_LIST_DIR}/HeaderCache.cmake")
+
 set(TQ_TRT_HEADERS_PIP_PACKAGE "kernel-lens" CACHE STRING "PyPI package that carries the TensorRT headers")
 set(TQ_TRT_HEADERS_PIP_VERSION "2.0.1" CACHE STRING "its version (2.0.1 = TensorRT 10.14.1 headers)")
 set(TQ_TRT_INCLUDE_DIR "" CACHE PATH "TensorRT include dir (NvInfer.h); empty = fetch from PyPI")
@@ -40,25 +42,13 @@ function(_tq_fetch_trt_headers out_dir result)
     message(WARNING "tq-ort: no headers under ${_tq_trt_wheel_dir} in ${wheel}: TensorRT plugins skipped")
     return()
   endif()
-  # Copy to a temp dir, then rename: concurrent builds never see a half-written cache.
-  file(REMOVE_RECURSE "${out_dir}.tmp")
-  file(MAKE_DIRECTORY "${out_dir}.tmp")
-  file(COPY ${headers} DESTINATION "${out_dir}.tmp")
-  file(RENAME "${out_dir}.tmp" "${out_dir}" RESULT rename_rc)
-  file(REMOVE_RECURSE "${work}" "${out_dir}.tmp")
+  tq_install_headers("${out_dir}" "${work}" ${headers})
   set(${result} TRUE PARENT_SCOPE)
 endfunction()
 
-if(NOT TQ_TRT_INCLUDE_DIR AND DEFINED ENV{TQ_TRT_INCLUDE_DIR} AND NOT "$ENV{TQ_TRT_INCLUDE_DIR}" STREQUAL "")
-  set(TQ_TRT_INCLUDE_DIR "$ENV{TQ_TRT_INCLUDE_DIR}" CACHE PATH "" FORCE)
-endif()
+tq_cache_var_from_env(TQ_TRT_INCLUDE_DIR)
 if(NOT TQ_TRT_INCLUDE_DIR)
-  if(DEFINED ENV{XDG_CACHE_HOME} AND NOT "$ENV{XDG_CACHE_HOME}" STREQUAL "")
-    set(_tq_cache "$ENV{XDG_CACHE_HOME}")
-  else()
-    set(_tq_cache "$ENV{HOME}/.cache")
-  endif()
-  set(_tq_dir "${_tq_cache}/tq-ort/trt-headers/${TQ_TRT_HEADERS_PIP_PACKAGE}-${TQ_TRT_HEADERS_PIP_VERSION}")
+  tq_header_cache_dir(_tq_dir "trt-headers/${TQ_TRT_HEADERS_PIP_PACKAGE}-${TQ_TRT_HEADERS_PIP_VERSION}")
   if(NOT EXISTS "${_tq_dir}/NvInfer.h")
     _tq_fetch_trt_headers("${_tq_dir}" _tq_ok)
   endif()
