@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
     ap.add_argument("--results-dir", default=str(ROOT / "benchmarks/quality/results"))
     ap.add_argument("--name", help="results file stem (default needle-<model>-<date>)")
+    ap.add_argument("--resume", action="store_true", help="keep the variants already in the results file "
+                    "(same --name) and run only the others (an interrupted run goes on)")
     ap.add_argument("--docs-only", metavar="JSON", help="only redraw the markdown and plot of this results file")
     a = ap.parse_args()
 
@@ -107,7 +109,16 @@ def main() -> int:
               "onnxruntime": onnxruntime.__version__,
               "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}},
               "variants": {}}
+    if a.resume and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        if old["settings"] != record["settings"] or old["model"] != record["model"]:
+            raise SystemExit(f"--resume: {out}.json was made with other settings or another model")
+        record["variants"] = old["variants"]
+        record["command"] = old["command"] + " ; " + record["command"]
     for spec in [s.strip() for s in a.variants.split(",") if s.strip()]:
+        if spec in record["variants"]:
+            print(f"{spec}: kept from {out}.json")
+            continue
         tmp = Path(tempfile.mkdtemp(prefix="tq-needle-"))
         try:
             t0 = time.time()

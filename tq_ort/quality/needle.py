@@ -185,7 +185,7 @@ def plot_accuracy(results: dict[str, list[dict]], path: Path, title: str = "") -
     axes[0][0].set_ylabel("prompt tokens")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="found")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.03)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
