@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tq_ort import codec
+
+from .layer_bits import check_layer_bits, normalise_layer_bits, resolve_layer_bits
+
+if TYPE_CHECKING:
+    import onnx
 
 METADATA_KEY = "turboquant.config"
 SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 256)
@@ -26,6 +33,13 @@ class TQConfig:
     windows: dict[int, int] = field(default_factory=dict)  # layer -> sliding window (tokens)
     recent_window: int = 0  # the last R cached tokens also kept exact in a float ring (0 = off)
     target: str = "ort"  # "edge": no custom ops, the codec and attention in standard ONNX ops
+    # per-layer widths (graph_passes/layer_bits.py): (layer, key_bits, value_bits), negative layers count from
+    # the end; listed layers override key_bits / value_bits. layer_bits_source: where they came from (a tag)
+    layer_bits: tuple[tuple[int, int, int], ...] = ()
+    layer_bits_source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_bits", normalise_layer_bits(self.layer_bits))
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -48,6 +62,7 @@ class TQConfig:
         if not isinstance(self.recent_window, int) or not 0 <= self.recent_window <= MAX_RECENT_WINDOW:
             raise ValueError(f"recent_window={self.recent_window}: expected an integer in 0..{MAX_RECENT_WINDOW} "
                              "(tokens kept exact besides their compressed rows; 0 = off)")
+        check_layer_bits(self.layer_bits, supported=ok, use_qjl=self.use_qjl, keys_only=self.keys_only)
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_he
     protected = {p % n_layers for p in cfg.protect_layers}
     kb = cfg.protect_bits if layer in protected else cfg.key_bits
     vb = 0 if cfg.keys_only else (cfg.protect_bits if layer in protected else cfg.value_bits)
+    if cfg.layer_bits:  # the per-layer allocation (checked against the layer count here)
+        kb, vb = resolve_layer_bits(cfg.layer_bits, n_layers, cfg.protect_layers).get(layer, (kb, vb))
     qjl = cfg.use_qjl and layer not in protected
     code_bits = kb - 1 if qjl else kb
     m = head_dim if qjl else 0
@@ -114,20 +131,69 @@ def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buf
         "source": source,
         "requested": {"key_bits": cfg.key_bits, "value_bits": cfg.value_bits, "use_qjl": cfg.use_qjl,
                       "keys_only": cfg.keys_only, "protect_layers": list(cfg.protect_layers),
-                      "protect_bits": cfg.protect_bits, "recent_window": cfg.recent_window},
+                      "protect_bits": cfg.protect_bits, "recent_window": cfg.recent_window,
+                      **({"layer_bits": [list(e) for e in cfg.layer_bits], "layer_bits_source": cfg.layer_bits_source}
+                         if cfg.layer_bits else {})},
         "shared_buffer_ok": shared_buffer_ok,
         "target": cfg.target,
         "layers": [asdict(p) for p in plans],
     })
 
 
-def read_metadata(model) -> dict:
-    """The rewrite configuration stored in an onnx.ModelProto or onnx_ir.Model."""
+def check_layout_version(cfg: dict, where: str = "model") -> dict:
+    """cfg (a turboquant.config) if its row layout is the one this tq-ort reads and writes; else a
+    ValueError naming `where` (the file), the found and the supported version."""
+    found = cfg.get("layout_version")
+    if found != codec.LAYOUT_VERSION:
+        raise ValueError(f"{where}: TurboQuant row layout version {found!r} ('{METADATA_KEY}' layout_version); this "
+                         f"tq-ort reads layout version {codec.LAYOUT_VERSION} only (docs/ops.md 1.4): rewrite the "
+                         "model again from its float export with this tq-ort")
+    return cfg
+
+
+def read_metadata(model, where: str = "model") -> dict:
+    """The rewrite configuration stored in an onnx.ModelProto or onnx_ir.Model, its layout version
+    checked (`where` names the file in errors)."""
     props = model.metadata_props
     if isinstance(props, dict):
         raw = props.get(METADATA_KEY)
     else:
         raw = next((p.value for p in props if p.key == METADATA_KEY), None)
     if raw is None:
-        raise ValueError(f"model has no '{METADATA_KEY}' metadata: it was not rewritten by tq-ort")
-    return json.loads(raw)
+        raise ValueError(f"{where}: model has no '{METADATA_KEY}' metadata: it was not rewritten by tq-ort")
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: '{METADATA_KEY}' metadata is a {type(cfg).__name__}; expected a JSON object")
+    return check_layout_version(cfg, where)
+
+
+def load_header(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model at `path` without its external weights; a clear error for a file that is not a
+    complete ONNX model (truncated by a full disk or an interrupted copy, or not ONNX at all)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a readable ONNX model ({path.stat().st_size} bytes; truncated, corrupt or not "
+                         f"ONNX?): {type(e).__name__}: {e}") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ValueError(f"{path}: ONNX model without a graph or opset imports ({path.stat().st_size} bytes; "
+                         "truncated?)")
+    return model
+
+
+def model_config(path: str | Path) -> dict | None:
+    """The turboquant.config of the model file at `path` (None for a model tq-ort did not rewrite),
+    read without the weights, its layout version checked against this tq-ort's."""
+    model = load_header(path)
+    if not any(p.key == METADATA_KEY for p in model.metadata_props):
+        return None
+    return read_metadata(model, str(path))

@@ -11,6 +11,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass,
 from . import rule_decomposed_attention as decomposed
 from . import rule_gqa as gqa
 from . import rule_onnx_attention as onnx_attention
+from .atomic import DATA_SUFFIX, pause_point, sidecar_names, staged_file
 from .builder import DOMAIN, GraphBuilder
 from .cache_io import find_cache_io, retype_cache
 from .config import METADATA_KEY, TQConfig, metadata_json, plan_layer
@@ -194,34 +195,42 @@ def check_model(path: str | Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def rewrite_file(src: str | Path, dst: str | Path, cfg: TQConfig, *, hf_config: dict | None = None) -> Path:
-    """Rewrite the model at src into dst (weights inline below 1.8 GB, else in dst.data); checked."""
+def rewrite_file(src: str | Path, dst: str | Path, cfg: TQConfig, *, hf_config: dict | None = None,
+                 sidecars: dict[str, str] | None = None) -> Path:
+    """Rewrite the model at src into dst (weights inline below 1.8 GB, else in dst.data); checked.
+
+    Atomic (graph_passes.atomic): the model is written and checked in a staging folder beside dst, then
+    renamed into place, so an interrupt leaves the old dst or none; a refused rewrite writes nothing.
+    `sidecars` maps a suffix to text written beside it in the same step (dst.name + suffix, e.g.
+    ".original.json")."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such model")
+    extra = set(sidecars or ()) - {n[len(dst.name):] for n in sidecar_names(dst.name)[1:]}
+    if extra:
+        raise ValueError(f"sidecars {sorted(extra)}: expected suffixes of {sidecar_names(dst.name)[1:]}")
     model = ir.load(src)
     hf = hf_config if hf_config is not None else _hf_config(src.parent)
     rewrite_model(model, cfg, hf_config=hf)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    tmp = dst.with_name(dst.name + ".tmp")
-    data = dst.name + ".data"
+    data = dst.name + DATA_SUFFIX
     external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
-    ir.save(model, tmp, external_data=data if external or weight_bytes > 1_800_000_000 else None)
-    try:
-        check_model(tmp)
-    except onnx.checker.ValidationError as e:
-        # onnxruntime-genai graphs use ORT contrib ops in the default domain
-        # (SimplifiedLayerNormalization) and fail the checker before we touch them: hold a
-        # rewritten model to the standard its source met, no lower
+    with staged_file(dst, stage="rewrite") as tmp:
+        ir.save(model, tmp, external_data=data if external or weight_bytes > 1_800_000_000 else None)
+        for suffix, text in (sidecars or {}).items():
+            tmp.with_name(dst.name + suffix).write_text(text)
+        pause_point("rewrite-staged")
         try:
-            check_model(src)
-        except onnx.checker.ValidationError as src_err:
-            if str(src_err).splitlines()[0] != str(e).splitlines()[0]:
-                tmp.unlink(missing_ok=True)
+            check_model(tmp)
+        except onnx.checker.ValidationError as e:
+            # onnxruntime-genai graphs use ORT contrib ops in the default domain
+            # (SimplifiedLayerNormalization) and fail the checker before we touch them: hold a
+            # rewritten model to the standard its source met, no lower
+            try:
+                check_model(src)
+            except onnx.checker.ValidationError as src_err:
+                if str(src_err).splitlines()[0] != str(e).splitlines()[0]:
+                    raise
+            else:
                 raise
-        else:
-            tmp.unlink(missing_ok=True)
-            raise
-    tmp.replace(dst)
     return dst

@@ -198,7 +198,9 @@ def test_eval_8bit_stays_close_to_float(tmp_path, monkeypatch):
                                    ["--key-bits", "3", "--qjl", "--protect-layers", "0,-1", "--protect-bits", "4",
                                     "--seed", "7"],
                                    ["--keys-only", "--target", "edge"],
-                                   ["--preset", "balanced", "--seed", "3"]])
+                                   ["--preset", "balanced", "--seed", "3"],
+                                   ["--layer-bits", "0:K8V8,-1:K2V3", "--preset", "balanced"],
+                                   ["--key-bits", "3", "--layer-bits", "1:K4V2,2:K8V8", "--protect-layers", "0"]])
 def test_eval_and_export_build_the_same_config(flags):
     """Every compression flag means the same in `eval` as in `export` (and `rewrite`): one config path.
     A preset's recent window used to be dropped by eval (K4V3 evaluated as plain K4V3)."""
@@ -212,7 +214,11 @@ def test_eval_and_export_build_the_same_config(flags):
     (v,) = variants_from_args(p.parse_args(["eval", *flags]))
     assert v.tq_config() == want
     if "balanced" in flags:
-        assert want.recent_window == 64 and v.label.startswith("K4V3 recent64")
+        assert want.recent_window == 64 and v.label.startswith("K4V3") and " recent64" in v.label
+    if "--layer-bits" in flags:  # per-layer widths (--bits-budget / --sensitivity: tests/test_layer_bits.py)
+        from graph_passes.layer_bits import parse_layer_bits
+
+        assert want.layer_bits == parse_layer_bits(flags[flags.index("--layer-bits") + 1]) != ()
 
 
 def test_eval_json_stdout_holds_the_json_alone(monkeypatch, capsys, tmp_path):

@@ -33,11 +33,6 @@ class CacheSpec:
         return self.kv_heads * self.ring * self.width * self.dtype.itemsize if self.ring else 0
 
 
-def config_from_session(sess) -> dict | None:
-    raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    return json.loads(raw) if raw else None
-
-
 def cache_specs(sess, head_dim: int | None = None) -> list[CacheSpec]:
     """Cache tensors of any decoder session, from its past inputs (head_dim fills a symbolic width,
     as onnxruntime-genai exports have)."""

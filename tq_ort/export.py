@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from graph_passes import TQConfig, rewrite_file
+from graph_passes.atomic import ORIGINAL_SUFFIX, check_replaceable, pause_point, staged_folder
 
 from .paths import cache_dir
 
@@ -33,25 +34,27 @@ def _fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def exported_model(model_dir: Path, source: str = "optimum") -> Path:
-    """The source-form ONNX export of model_dir, cached under the user cache directory."""
+def export_cache_path(model_dir: Path, source: str = "optimum") -> Path:
+    """Where exported_model keeps the source-form export of model_dir (a folder with model.onnx)."""
     if source not in SOURCES:
         raise ValueError(f"source {source!r}: expected one of {SOURCES}")
-    from models import export as recipes
+    return cache_dir() / "exports" / f"{Path(model_dir).name}-{source}-{_fingerprint(Path(model_dir))}"
 
-    out = cache_dir() / "exports" / f"{model_dir.name}-{source}-{_fingerprint(model_dir)}"
+
+def exported_model(model_dir: Path, source: str = "optimum") -> Path:
+    """The source-form ONNX export of model_dir, cached under the user cache directory."""
+    out = export_cache_path(model_dir, source)
     onnx_path = out / "model.onnx"
     if onnx_path.exists():
         return onnx_path
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    from models import export as recipes
+
     fn = {"optimum": recipes.export_optimum, "dynamo": recipes.export_dynamo, "genai": recipes.export_genai}[source]
-    produced = Path(fn(model_dir, tmp))
-    for name in SIDE_FILES:
-        if (model_dir / name).exists() and not (tmp / name).exists():
-            shutil.copy2(model_dir / name, tmp / name)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with staged_folder(out) as tmp:
+        produced = Path(fn(model_dir, tmp))
+        for name in SIDE_FILES:
+            if (model_dir / name).exists() and not (tmp / name).exists():
+                shutil.copy2(model_dir / name, tmp / name)
     return out / produced.name
 
 
@@ -65,32 +68,36 @@ def export_and_rewrite(model_dir: Path | None, out_dir: Path, cfg: TQConfig, *, 
     if source == "genai" and cfg.target == "edge":  # before exporting anything (docs/edge.md)
         raise ValueError("--target edge with --source genai: onnxruntime-genai graphs use ORT contrib ops "
                          "(com.microsoft) besides the attention; use --source optimum or dynamo")
-    steps = tqdm(total=3, desc="tq-ort export", disable=not progress, unit="step")
-    steps.set_postfix_str("model")
+    cfg.validate()  # a refused configuration writes nothing, not even the export cache
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: expected a Hugging Face model folder with config.json")
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir)
+    steps = tqdm(total=3, desc="tq-ort export", disable=not progress, unit="step")
+    steps.set_postfix_str("model")
     steps.update()
     steps.set_postfix_str(f"export ({source})")
     src = exported_model(model_dir, source)
     steps.update()
     steps.set_postfix_str("rewrite")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     hf = json.loads((model_dir / "config.json").read_text())
-    dst = rewrite_file(src, out_dir / "model.onnx", cfg, hf_config=hf)
-    record_original(dst, src)
-    for name in SIDE_FILES:
-        for base in (src.parent, model_dir):
-            if (base / name).exists() and not (out_dir / name).exists():
-                shutil.copy2(base / name, out_dir / name)
-    if source == "genai":
-        from .genai import write_genai_config
+    # built in a staging folder beside out_dir and renamed into place: an interrupt leaves the old
+    # folder or none (graph_passes.atomic)
+    with staged_folder(out_dir, stage="export") as tmp:
+        rewrite_file(src, tmp / "model.onnx", cfg, hf_config=hf, sidecars=original_sidecar(src))
+        pause_point("export-staged")
+        for name in SIDE_FILES:
+            for base in (src.parent, model_dir):
+                if (base / name).exists() and not (tmp / name).exists():
+                    shutil.copy2(base / name, tmp / name)
+        if source == "genai":
+            from .genai import write_genai_config
 
-        write_genai_config(src.parent, out_dir)
+            write_genai_config(src.parent, tmp)
     steps.update()
     steps.close()
-    return dst
+    return out_dir / "model.onnx"
 
 
 def default_export(cfg: TQConfig | None = None) -> Path:
@@ -102,14 +109,10 @@ def default_export(cfg: TQConfig | None = None) -> Path:
     return out
 
 
-ORIGINAL_SUFFIX = ".original.json"  # model.onnx.original.json: where the float model it was rewritten from is
-
-
-def record_original(rewritten: Path, original: Path) -> Path:
-    """Write <rewritten>.original.json naming the float model `rewritten` came from (tq-ort check reads it)."""
-    rec = Path(rewritten).with_name(Path(rewritten).name + ORIGINAL_SUFFIX)
-    rec.write_text(json.dumps({"original": str(Path(original).resolve())}) + "\n")
-    return rec
+def original_sidecar(original: Path) -> dict[str, str]:
+    """The record naming the float model a rewritten model came from (tq-ort check reads it), as a
+    rewrite_file sidecar: {".original.json": JSON text}."""
+    return {ORIGINAL_SUFFIX: json.dumps({"original": str(Path(original).resolve())}) + "\n"}
 
 
 def recorded_original(rewritten: Path) -> Path | None:

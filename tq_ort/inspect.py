@@ -4,16 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import onnx
-
 
 def load_config(model: Path) -> dict:
-    from graph_passes import read_metadata
+    """The turboquant.config of a rewritten model folder or file (no weights read), layout version checked."""
+    from graph_passes import load_header, read_metadata
 
     path = model / "model.onnx" if model.is_dir() else model
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model")
-    return read_metadata(onnx.load(str(path), load_external_data=False))
+    return read_metadata(load_header(path), str(path))
 
 
 def memory(cfg: dict, context: int, batch: int = 1) -> dict:
@@ -54,6 +51,7 @@ def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: 
              f"requested: key_bits={req['key_bits']} value_bits={req['value_bits']} qjl={req['use_qjl']} "
              f"keys_only={req['keys_only']} protect_layers={req['protect_layers']}@{req['protect_bits']} "
              f"recent_window={req.get('recent_window', 0)}",
+             *_layer_bits_lines(req, cfg, mem),
              f"shared-buffer decoding: {'yes' if cfg['shared_buffer_ok'] else 'no (graph reads the past length)'}",
              "",
              f"{'layer':>5} {'K bits':>6} {'V bits':>6} {'K B/tok':>8} {'V B/tok':>8} {'fp16 B/tok':>10}"]
@@ -68,3 +66,15 @@ def inspect_model(model: Path, *, context: int = 4096, batch: int = 1, as_json: 
               f"cache at {context} tokens x batch {batch}: {mem['cache_bytes'] / mib:.2f} MiB vs "
               f"{mem['fp16_cache_bytes'] / mib:.2f} MiB float16 ({mem['compression']:.2f}x smaller)"]
     return "\n".join(lines)
+
+
+def _layer_bits_lines(req: dict, cfg: dict, mem: dict) -> list[str]:
+    """The per-layer allocation (requested layer_bits) and what it averages to, when the model has one."""
+    if not req.get("layer_bits"):
+        return []
+    from graph_passes.layer_bits import format_layer_bits
+
+    values = sum(2 * L["kv_heads"] * L["head_dim"] for L in cfg["layers"])
+    src = req.get("layer_bits_source")
+    return [f"layer_bits{' (' + src + ')' if src else ''}: {format_layer_bits(tuple(map(tuple, req['layer_bits'])))}",
+            f"rows average {8 * mem['bytes_per_token'] / values:.3f} bits per value (scales included)"]

@@ -7,7 +7,7 @@ max_length, so each step writes only the new rows. Models whose graph still read
 """
 from __future__ import annotations
 
-import json
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +15,9 @@ from typing import Callable, Iterator
 import numpy as np
 import onnxruntime as ort
 
-from .cache import CacheSpec, cache_specs, config_from_session, describe, head_dim_hint
+from graph_passes import model_config
+
+from .cache import CacheSpec, cache_specs, describe, head_dim_hint
 
 
 @dataclass
@@ -43,14 +45,9 @@ def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
 
 def model_target(path: str | Path) -> str:
     """The rewrite target recorded in a model's metadata: "edge" (standard ops only) or "ort"
-    (custom ops; also for original and pre-target models). Reads no weights."""
-    import onnx
-
-    from .cache import METADATA_KEY
-
-    m = onnx.load(str(path), load_external_data=False)
-    raw = next((p.value for p in m.metadata_props if p.key == METADATA_KEY), None)
-    return str(json.loads(raw).get("target", "ort")) if raw else "ort"
+    (custom ops; also for original and pre-target models). Reads no weights; checks the layout version."""
+    cfg = model_config(path)
+    return str(cfg.get("target", "ort")) if cfg else "ort"
 
 
 class DecoderSession:
@@ -65,7 +62,10 @@ class DecoderSession:
             self.path = self.path / "model.onnx"
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such model")
-        self.target = model_target(self.path)
+        # the header first (no weights): a truncated file, or a row layout this build does not read,
+        # fails here with the file named, before onnxruntime sees it
+        self.config = model_config(self.path)
+        self.target = str(self.config.get("target", "ort")) if self.config else "ort"
         so = session_options or ort.SessionOptions()
         if self.target != "edge":  # edge models are standard ONNX: the custom-op library is not loaded
             so = tq_options(so)
@@ -79,8 +79,10 @@ class DecoderSession:
         else:
             raise ValueError(f"device {device!r}: expected 'cpu' or 'cuda'")
         self.device = device
-        self.sess = ort.InferenceSession(str(self.path), so, providers=providers)
-        self.config = config_from_session(self.sess)
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types derive from Exception only
+            raise RuntimeError(f"{self.path}: onnxruntime could not load the model ({type(e).__name__}: {e})") from None
         self.specs: list[CacheSpec] = cache_specs(self.sess, head_dim_hint(self.path.parent))
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.max_length = int(max_length)
@@ -92,6 +94,15 @@ class DecoderSession:
         self.float_dtype = np.float16 if self.inputs["past_key_values.0.key"].type == "tensor(float16)" else np.float32
         self._cache: dict[str, ort.OrtValue] = {}
         self.length = 0
+
+    def fork(self) -> DecoderSession:
+        """A new generation state (its own cache and length) over this one's loaded InferenceSession:
+        one model in memory, one fork per thread. onnxruntime runs a session from several threads at
+        once; a DecoderSession's cache is its own and must not be stepped from two threads."""
+        other = copy.copy(self)
+        other._cache = {}
+        other.length = 0
+        return other
 
     # -- cache ---------------------------------------------------------------------------------
     def _ortvalue(self, arr_or_shape, dtype=None) -> ort.OrtValue:

@@ -94,17 +94,15 @@ class CheckReport:
 
 def rewritten_model(model: str | Path) -> tuple[Path, dict]:
     """(model.onnx, its turboquant config); ValueError when the model was not rewritten by tq-ort."""
-    import onnx
-
-    from graph_passes import read_metadata
+    from graph_passes import load_header, read_metadata
 
     from ..trt.build import resolve_model
 
     path = resolve_model(model)
     try:
-        config = read_metadata(onnx.load(str(path), load_external_data=False))
+        config = read_metadata(load_header(path), str(path))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}; tq-ort check compares a rewritten model (tq-ort export / rewrite)") from None
+        raise ValueError(f"{e}; tq-ort check compares a rewritten model (tq-ort export / rewrite)") from None
     return path, config
 
 

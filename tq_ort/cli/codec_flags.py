@@ -26,6 +26,16 @@ def add_codec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", choices=("ort", "edge"), default="ort",
                    help="ort: TurboQuant custom ops (needs the tq-ort library); edge: standard ai.onnx ops only, "
                    "the cache still uint8 rows (onnxruntime-web, CoreML EP; no --qjl / --recent-window; docs/edge.md)")
+    g.add_argument("--layer-bits", metavar="SPEC|FILE",
+                   help="per-layer widths overriding --key-bits/--value-bits for the listed layers: LAYER:K<b>V<b>,... "
+                   "(negative layers count from the end, e.g. 0:K8V8,-1:K4V4) or an allocation file from "
+                   "tq-ort calibrate --bits-budget")
+    g.add_argument("--bits-budget", type=float, metavar="BITS",
+                   help="choose every layer's key and value widths for this average bits per value (row bytes with "
+                   "their scales, as tq-ort eval counts them; e.g. 3.5 = the bytes of K3V3) from --sensitivity: "
+                   "deterministic, the same file and budget give the same widths")
+    g.add_argument("--sensitivity", metavar="FILE", help="the per-layer sensitivity table (JSON) of tq-ort calibrate, "
+                   "for --bits-budget")
     g.add_argument("--preset", help="a named configuration chosen from the quality sweep (docs/quality.md); "
                    "overrides the bit flags. See tq_ort/presets.py for the names and the numbers behind them")
 
@@ -35,16 +45,37 @@ def config_from_args(a: argparse.Namespace) -> TQConfig:
     from graph_passes import TQConfig
 
     layers = tuple(int(x) for x in a.protect_layers.split(",") if x.strip()) if a.protect_layers else ()
+    alloc = _layer_bits_from_args(a)
     if getattr(a, "preset", None):
         from ..presets import preset_config
 
         kw = {k: (tuple(v) if k == "protect_layers" else v) for k, v in preset_config(a.preset).items()}
         cfg = TQConfig(**{"seed": a.seed, "recent_window": a.recent_window, **kw,
-                          "target": getattr(a, "target", "ort")})
+                          "target": getattr(a, "target", "ort"), **alloc})
         cfg.validate()
         return cfg
     cfg = TQConfig(key_bits=a.key_bits, value_bits=a.value_bits, use_qjl=a.qjl, keys_only=a.keys_only,
                    protect_layers=layers, protect_bits=a.protect_bits, seed=a.seed, recent_window=a.recent_window,
-                   target=getattr(a, "target", "ort"))
+                   target=getattr(a, "target", "ort"), **alloc)
     cfg.validate()
     return cfg
+
+
+def _layer_bits_from_args(a: argparse.Namespace) -> dict:
+    """TQConfig layer_bits / layer_bits_source of --layer-bits, or of --bits-budget with --sensitivity."""
+    spec, budget, sens = getattr(a, "layer_bits", None), getattr(a, "bits_budget", None), getattr(a, "sensitivity", None)
+    if spec and budget is not None:
+        raise ValueError("--layer-bits and --bits-budget both given: pass the widths (--layer-bits) or a budget to "
+                         "choose them (--bits-budget with --sensitivity), not both")
+    if (budget is None) != (sens is None):
+        raise ValueError("--bits-budget and --sensitivity go together: --bits-budget BITS --sensitivity FILE "
+                         "(the table written by tq-ort calibrate)")
+    if budget is not None and (a.qjl or a.keys_only):
+        raise ValueError("--bits-budget chooses plain key and value widths: it does not combine with "
+                         + ("--qjl" if a.qjl else "--keys-only") + "; give --layer-bits instead")
+    if not spec and budget is None:
+        return {}
+    from ..quality.runners import budget_arg, layer_bits_arg
+
+    lb, tag = layer_bits_arg(spec) if spec else budget_arg(budget, sens)
+    return {"layer_bits": lb, "layer_bits_source": tag}

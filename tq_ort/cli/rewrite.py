@@ -22,10 +22,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(a: argparse.Namespace) -> int:
     from graph_passes import rewrite_file
 
-    from ..export import record_original
+    from ..export import original_sidecar
 
     hf = json.loads(Path(a.config).read_text()) if a.config else None
-    dst = rewrite_file(a.input, a.output, config_from_args(a), hf_config=hf)
-    record_original(dst, Path(a.input))  # for tq-ort check
+    # written beside OUT and renamed into place with the record of the original (for tq-ort check):
+    # an interrupt leaves the old OUT or none, a refused rewrite writes nothing
+    dst = rewrite_file(a.input, a.output, config_from_args(a), hf_config=hf, sidecars=original_sidecar(Path(a.input)))
     print(f"wrote {dst}")
     return 0

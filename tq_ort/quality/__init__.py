@@ -33,8 +33,9 @@ window prefilled in one run (its logits do not depend on the chunking beyond flo
 under `<cache>/eval/`, so sweeps over many variants pay for the original once.
 
 Modules: `data` (texts -> token windows and prompts), `metrics` (log-softmax, KL, per-text NLL),
-`report` (environment, command line, markdown and results files), `plots`, and `runners` (the
-variants, the original model's reference, evaluate_variant and run_eval). None imports this
+`report` (environment, command line, markdown and results files), `plots`, `runners` (the
+variants, the original model's reference, evaluate_variant and run_eval), `sensitivity` (per-layer
+cost of each width, `tq-ort calibrate`) and `allocation` (per-layer widths for a bits budget). None imports this
 package's __init__; the names below are the public interface.
 """
 from __future__ import annotations

@@ -90,6 +90,9 @@ class Variant:
             return "TurboQuant + QJL"
         if c.protect_layers:
             return "TurboQuant, layers " + ",".join(map(str, c.protect_layers)) + f" at {c.protect_bits} bits"
+        if c.layer_bits:
+            return "TurboQuant, per-layer widths" + (f", last {c.recent_window} tokens also exact"
+                                                     if c.recent_window else "")
         if c.recent_window:
             return f"TurboQuant, last {c.recent_window} tokens also exact"
         return "TurboQuant"
@@ -102,6 +105,12 @@ class Variant:
             return self.name or Path(self.path).parent.name
         c = self.tq_config()
         s = f"K{c.key_bits}" + ("" if c.keys_only else f"V{c.value_bits}")
+        if c.layer_bits:  # an allocation's tag names it; a short inline spec is shown as given
+            from graph_passes.layer_bits import format_layer_bits
+
+            spec = format_layer_bits(c.layer_bits)
+            s = c.layer_bits_source or (f"{s} layers={spec}" if len(c.layer_bits) <= 3 else
+                                        f"{s} layers[{len(c.layer_bits)}]-{hashlib.sha256(spec.encode()).hexdigest()[:6]}")
         if c.use_qjl:
             s += f" qjl({c.key_bits - 1}+1)"
         if c.keys_only:
@@ -127,12 +136,15 @@ class Variant:
              "protect_bits": c.protect_bits, "seed": c.seed}
         if c.recent_window:  # only when set, so results cached before the option existed keep their keys
             d["recent_window"] = c.recent_window
+        if c.layer_bits:
+            d["layer_bits"] = [list(e) for e in c.layer_bits]
         return d
 
 
 def parse_variant(spec: str) -> Variant:
     """'K4V4', 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'K4V4+recent64', 'int4',
-    'uniform4', 'int4+recent64'."""
+    'uniform4', 'int4+recent64'; per-layer widths: 'K4V3+layers=0:K8V8,-1:K8V4' or 'K4V3+layers=ALLOC.json'
+    (an allocation file), 'K4V4+budget=3.5@SENSITIVITY.json' (solved as --bits-budget / --sensitivity do)."""
     s = spec.strip()
     low = s.lower()
     if low.startswith("int") or low.startswith("uniform"):
@@ -142,7 +154,8 @@ def parse_variant(spec: str) -> Variant:
         return Variant.uniform(int(head.replace("uniform", "").replace("int", "")),
                                int(opt[6:].lstrip("=")) if opt else 0)
     parts = s.split("+")
-    head, opts = parts[0].upper(), [p.lower() for p in parts[1:]]
+    head, opts = parts[0].upper(), [p if p.lower().startswith(("layers=", "budget=")) else p.lower()
+                                    for p in parts[1:]]
     if not head.startswith("K"):
         raise ValueError(f"variant {spec!r}: expected e.g. K4V4, K4V3+qjl, K4+keys, K4V4+protect, int4")
     if "V" in head:
@@ -167,9 +180,36 @@ def parse_variant(spec: str) -> Variant:
             kw["seed"] = int(o[4:].lstrip("="))
         elif o.startswith("recent"):
             kw["recent_window"] = int(o[6:].lstrip("="))
+        elif o.startswith("layers="):
+            kw["layer_bits"], kw["layer_bits_source"] = layer_bits_arg(o.split("=", 1)[1])
+        elif o.startswith("budget="):
+            budget, at, path = o.split("=", 1)[1].partition("@")
+            if not at:
+                raise ValueError(f"variant {spec!r}: expected budget=BITS@SENSITIVITY.json")
+            kw["layer_bits"], kw["layer_bits_source"] = budget_arg(float(budget), path)
         else:
-            raise ValueError(f"variant {spec!r}: unknown option {o!r} (qjl, keys, protect[=L,L@B], recentN, seedN)")
+            raise ValueError(f"variant {spec!r}: unknown option {o!r} (qjl, keys, protect[=L,L@B], recentN, seedN, "
+                             "layers=SPEC|FILE, budget=BITS@FILE)")
     return Variant.turboquant(**kw)
+
+
+def layer_bits_arg(value: str) -> tuple[tuple, str]:
+    """(layer_bits, source tag) of `--layer-bits VALUE`: an allocation file (JSON) or an inline spec."""
+    from graph_passes.layer_bits import parse_layer_bits
+
+    from .allocation import load_allocation
+
+    if value.endswith(".json") or Path(value).is_file():
+        return load_allocation(value)
+    return parse_layer_bits(value), ""
+
+
+def budget_arg(budget: float, sensitivity: str, metric: str = "kl") -> tuple[tuple, str]:
+    """(layer_bits, source tag) of `--bits-budget BUDGET --sensitivity FILE` (the solver, deterministic)."""
+    from .allocation import allocation_from_sensitivity
+
+    rec = allocation_from_sensitivity(sensitivity, budget, metric)
+    return tuple(tuple(e) for e in rec["layer_bits"]), rec["tag"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,7 +465,7 @@ def _teacher_forced(sess, data: EvalData, ref_gen: np.ndarray, bar) -> dict:
 # --------------------------------------------------------------------------------------------
 # the whole run
 # --------------------------------------------------------------------------------------------
-def _library_fingerprint() -> str:
+def library_fingerprint() -> str:
     try:
         from ..library import library_path
 
@@ -436,8 +476,8 @@ def _library_fingerprint() -> str:
         return "nolib"
 
 
-def _variant_key(v: Variant, settings: EvalSettings) -> str:
-    lib = _library_fingerprint() if v.kind != "uniform" else "std"
+def variant_key(v: Variant, settings: EvalSettings) -> str:
+    lib = library_fingerprint() if v.kind != "uniform" else "std"
     h = hashlib.sha256(json.dumps([v.describe(), settings.chunk, lib], sort_keys=True).encode()).hexdigest()[:12]
     return f"variant-{slug(v.label)}-{h}.json"
 
@@ -472,7 +512,7 @@ def run_eval(model: str | Path | None, variants: list[Variant], settings: EvalSe
         "results": [],
     }
     for i, v in enumerate(variants):
-        cached = ref.dir / _variant_key(v, settings)
+        cached = ref.dir / variant_key(v, settings)
         if reuse and v.kind != "prebuilt" and cached.exists():
             row = json.loads(cached.read_text())
             row["reused"] = True

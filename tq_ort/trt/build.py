@@ -80,17 +80,14 @@ def profile_shapes(inputs: dict[str, tuple[int, ...]], o: BuildOptions) -> dict[
 
 
 def _model_info(onnx_path: Path) -> tuple[dict | None, bool]:
-    """(turboquant config from the metadata or None, whether the graph has turboquant ops)."""
-    import json
+    """(turboquant config from the metadata or None, whether the graph has turboquant ops); the layout
+    version checked, a truncated file named."""
+    from graph_passes import METADATA_KEY, load_header, read_metadata
 
-    import onnx
-
-    from ..cache import METADATA_KEY
-
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    raw = next((p.value for p in m.metadata_props if p.key == METADATA_KEY), None)
+    m = load_header(onnx_path)
     has_ops = any(n.domain == "turboquant" for n in m.graph.node)
-    return (json.loads(raw) if raw else None), has_ops
+    cfg = read_metadata(m, str(onnx_path)) if any(p.key == METADATA_KEY for p in m.metadata_props) else None
+    return cfg, has_ops
 
 
 class _Progress:
