@@ -92,25 +92,32 @@ def run_concat(ops, c: Case):
     return ops.run("TurboQuantAttention", feeds, outputs_spec(c), c.attributes())
 
 
-def run_shared(ops, c: Case):
-    """past/present bound to the same OrtValue (the decode fast path); returns the buffers after the step."""
+def run_shared(ops, c: Case, device: str = "cpu"):
+    """past/present bound to the same OrtValue (the decode fast path); returns the buffers after the step.
+    device "cuda": the buffers live in device memory (tests/gpu/long_cache_cuda.py)."""
     feeds = c.feeds()
     spec = {n: (None if a is None else (np.asarray(a).dtype, list(np.shape(a)))) for n, a in feeds.items()}
     sess = ops.session(ops.model("TurboQuantAttention", spec, outputs_spec(c), c.attributes()))
-    # OrtValue wraps (does not own) the numpy memory: keep the arrays alive.
-    pk_buf, pv_buf = c.pk.copy(), c.pv.copy()
-    pk = ort.OrtValue.ortvalue_from_numpy(pk_buf)
-    pv = ort.OrtValue.ortvalue_from_numpy(pv_buf)
+    if device == "cpu":
+        # OrtValue wraps (does not own) the numpy memory: keep the arrays alive.
+        pk_buf, pv_buf = c.pk.copy(), c.pv.copy()
+        pk = ort.OrtValue.ortvalue_from_numpy(pk_buf)
+        pv = ort.OrtValue.ortvalue_from_numpy(pv_buf)
+    else:
+        pk = ort.OrtValue.ortvalue_from_numpy(c.pk, device, 0)
+        pv = ort.OrtValue.ortvalue_from_numpy(c.pv, device, 0)
     io = sess.io_binding()
     for n, a in feeds.items():
         if a is not None and n not in ("past_key", "past_value"):
             io.bind_cpu_input(n, np.asarray(a))
     io.bind_ortvalue_input("past_key", pk)
     io.bind_ortvalue_input("past_value", pv)
-    io.bind_output("output")
+    io.bind_output("output", "cpu")
     io.bind_ortvalue_output("present_key", pk)
     io.bind_ortvalue_output("present_value", pv)
     sess.run_with_iobinding(io)
+    if device != "cpu":
+        return [io.get_outputs()[0].numpy(), pk.numpy(), pv.numpy()]
     assert pk.data_ptr() == pk_buf.ctypes.data  # really in place
     return [io.get_outputs()[0].numpy(), pk_buf, pv_buf]
 

@@ -56,28 +56,11 @@ def _info(rt) -> tuple[int, int]:
 
 def run_cuda(ops, c, mode: str) -> list:
     """The case on the CUDA EP: concat through ops.run, or past/present bound to the same device OrtValues."""
-    import onnxruntime as ort
-
-    from test_cpu_ops_attention import outputs_spec, run_concat
+    from test_cpu_ops_attention import run_concat, run_shared
 
     if mode == "concat":
         return run_concat(ops, c)
-    feeds = c.feeds()
-    spec = {n: (None if a is None else (np.asarray(a).dtype, list(np.shape(a)))) for n, a in feeds.items()}
-    sess = ops.session(ops.model("TurboQuantAttention", spec, outputs_spec(c), c.attributes()))
-    pk = ort.OrtValue.ortvalue_from_numpy(c.pk, "cuda", 0)
-    pv = ort.OrtValue.ortvalue_from_numpy(c.pv, "cuda", 0)
-    io = sess.io_binding()
-    for n, a in feeds.items():
-        if a is not None and n not in ("past_key", "past_value"):
-            io.bind_cpu_input(n, np.asarray(a))
-    io.bind_ortvalue_input("past_key", pk)
-    io.bind_ortvalue_input("past_value", pv)
-    io.bind_output("output", "cpu")
-    io.bind_ortvalue_output("present_key", pk)
-    io.bind_ortvalue_output("present_value", pv)
-    sess.run_with_iobinding(io)
-    return [io.get_outputs()[0].numpy(), pk.numpy(), pv.numpy()]
+    return run_shared(ops, c, device="cuda")
 
 
 def op_checks(lib: str) -> int:
