@@ -45,6 +45,18 @@ inline OrtCustomOpInputOutputCharacteristic output_characteristic(size_t i) {
 // All inputs, the optional ones (value_codebook onwards) absent when empty.
 void read_inputs(Ort::KernelContext& ctx, Input (&in)[kNumIn]);
 
+// The sizes every output derives from (keys-only: Rv = d, elements of T).
+struct OutputDims {
+  int64_t B, S, hq, hkv, d, P, total, Pp, Rk, Rv, R;
+  ElemType T;
+  bool keys_only;
+};
+
+// Checks every output the node produces against ort/common.h's size limits (memory_limit: see
+// OutputSizes), before any is created: a capacity max(P, total_sequence_length) far beyond what
+// fits, or head counts whose products overflow, fail here naming the output and the limit.
+void check_output_sizes(Ort::KernelContext& ctx, const OutputDims& s, int64_t memory_limit);
+
 // The recent-window rings as the kernels take them: all null when R = 0.
 struct Rings {
   std::vector<int64_t> shape;  // [B, Hkv, R, d]

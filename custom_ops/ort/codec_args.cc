@@ -22,7 +22,7 @@ int bits_of(const Input& cb, int64_t bits_attr, const char* attr_name) {
   int bits = 0;
   while ((int64_t(1) << bits) < K) ++bits;
   if (bits_attr >= 0) {
-    if (!valid_bits(int(bits_attr)))
+    if (!valid_bits_attr(bits_attr))
       fail(std::string("attribute ") + attr_name + "=" + std::to_string(bits_attr) + ": expected one of 1, 2, 3, 4, 8");
     cb.require(K == (int64_t(1) << bits_attr),
                "length 2^" + std::string(attr_name) + " = " + std::to_string(int64_t(1) << bits_attr));

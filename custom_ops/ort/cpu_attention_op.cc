@@ -23,6 +23,8 @@ struct AttentionKernel {
     if (hq_ <= 0 || hkv_ <= 0 || hq_ % hkv_ != 0)
       fail("attributes num_heads=" + str(hq_) + ", kv_num_heads=" + str(hkv_) +
            ": expected positive with num_heads a multiple of kv_num_heads");
+    check_dim_attr("num_heads", hq_);
+    check_dim_attr("kv_num_heads", hkv_);
     scale_ = attr_float(info, "scale", 0.0f);
     softcap_ = attr_float(info, "softcap", 0.0f);
     if (!(softcap_ >= 0.0f) || !std::isfinite(softcap_)) fail("attribute softcap: expected >= 0");
@@ -33,11 +35,12 @@ struct AttentionKernel {
     window_ = attr_int(info, "local_window_size", -1);
     recent_ = attr_int(info, "recent_window", 0);
     if (recent_ < 0) fail("attribute recent_window=" + str(recent_) + ": expected >= 0 (0 = off)");
+    check_dim_attr("recent_window", recent_);
     if (use_qjl_ != 0 && use_qjl_ != 1) fail("attribute use_qjl=" + str(use_qjl_) + ": expected 0 or 1");
     if (do_rotary_ != 0 && do_rotary_ != 1) fail("attribute do_rotary=" + str(do_rotary_) + ": expected 0 or 1");
-    if (key_bits_ != -1 && !valid_bits(int(key_bits_)))
+    if (key_bits_ != -1 && !valid_bits_attr(key_bits_))
       fail("attribute key_bits=" + str(key_bits_) + ": expected one of 1, 2, 3, 4, 8");
-    if (value_bits_ != -1 && value_bits_ != 0 && !valid_bits(int(value_bits_)))
+    if (value_bits_ != -1 && value_bits_ != 0 && !valid_bits_attr(value_bits_))
       fail("attribute value_bits=" + str(value_bits_) + ": expected 0 (values stay float) or one of 1, 2, 3, 4, 8");
   }
 
@@ -106,6 +109,9 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
   const int64_t total = *tot.ptr<int32_t>();
   tot.require(total >= 1, "a value >= 1 (got " + str(total) + ")");
   const int64_t Pp = std::max(P, total);
+  // Every output's size, before anything is read beyond the shapes or allocated (ort/common.h).
+  check_output_sizes(ctx, {B, S, hq_, hkv_, d, P, total, Pp, Rk, keys_only ? int64_t(d) : Rv, recent_, T, keys_only},
+                     host_memory_limit());
 
   // Positions: every batch row must fit its cache.
   int64_t max_pos = 0;
@@ -140,9 +146,9 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
     if (bad >= 0) x->fail_expected("finite values (non-finite value at flat index " + str(bad) + ")");
   }
 
-  auto out = ctx.GetOutput(kOutput, q.shape);
-  auto present_k = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, Rk});
-  auto present_v = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, keys_only ? int64_t(d) : Rv});
+  auto out = get_output(ctx, kOutput, "output", q.shape);
+  auto present_k = get_output(ctx, kPresentKey, "present_key", {B, hkv_, Pp, Rk});
+  auto present_v = get_output(ctx, kPresentValue, "present_value", {B, hkv_, Pp, keys_only ? int64_t(d) : Rv});
   const Rings rings = ring_io(ctx, in, std::move(ring_shape), R, T, keys_only);
   a.B = int(B); a.S = int(S); a.Hq = int(hq_); a.Hkv = int(hkv_); a.d = d;
   a.P = P; a.Pp = Pp;

@@ -40,7 +40,8 @@ struct DecodeKernel {
                      (use_qjl_ ? ", m=" + std::to_string(c.lay.m) : std::string()) + ")");
     std::vector<int64_t> oshape(rows.shape);
     oshape.back() = c.lay.d;
-    auto out = ctx.GetOutput(0, oshape);
+    OutputSizes(host_memory_limit()).add("x_hat", half_ ? kF16 : kF32, oshape, 0, "[..., d] (rows' leading dims)");
+    auto out = get_output(ctx, 0, "x_hat", oshape);
     cpu::decode_rows(c, rows.ptr<uint8_t>(), rows.numel() / rb, out.GetTensorMutableRawData(), half_);
   }
 

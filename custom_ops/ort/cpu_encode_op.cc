@@ -9,7 +9,7 @@ struct EncodeKernel {
   explicit EncodeKernel(const OrtKernelInfo* info) : name_("TurboQuantEncode '" + node_name(info) + "'") {
     if (!has_attr(info, "bits")) fail("attribute 'bits' is required (one of 1, 2, 3, 4, 8)");
     bits_ = attr_int(info, "bits", -1);
-    if (!valid_bits(int(bits_))) fail("attribute bits=" + std::to_string(bits_) + ": expected one of 1, 2, 3, 4, 8");
+    if (!valid_bits_attr(bits_)) fail("attribute bits=" + std::to_string(bits_) + ": expected one of 1, 2, 3, 4, 8");
     use_qjl_ = attr_int(info, "use_qjl", 0);
     if (use_qjl_ != 0 && use_qjl_ != 1) fail("attribute use_qjl=" + std::to_string(use_qjl_) + ": expected 0 or 1");
   }
@@ -31,7 +31,8 @@ struct EncodeKernel {
     x.require(x.rank() >= 1 && x.dim(-1) == d, "shape [..., " + std::to_string(d) + "] (d from rotation)");
     std::vector<int64_t> oshape(x.shape);
     oshape.back() = c.lay.row_bytes();
-    auto out = ctx.GetOutput(0, oshape);
+    OutputSizes(host_memory_limit()).add("rows", kU8, oshape, 0, "[..., row_bytes] (x's leading dims)");
+    auto out = get_output(ctx, 0, "rows", oshape);
     const int64_t n = x.numel() / d;
     const int64_t bad = cpu::encode_rows(c, x.data, x.type == kF16, n, out.GetTensorMutableData<uint8_t>());
     if (bad >= 0) x.fail_expected("finite values (non-finite value at flat index " + std::to_string(bad) + ")");

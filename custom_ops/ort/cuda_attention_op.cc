@@ -26,6 +26,8 @@ struct AttentionKernel {
     if (hq_ <= 0 || hkv_ <= 0 || hq_ % hkv_)
       ort::fail("attributes num_heads=" + str(hq_) + ", kv_num_heads=" + str(hkv_) +
                 ": expected positive, num_heads a multiple of kv_num_heads");
+    ort::check_dim_attr("num_heads", hq_);
+    ort::check_dim_attr("kv_num_heads", hkv_);
     scale_ = ort::attr_float(info, "scale", 0.0f);
     softcap_ = ort::attr_float(info, "softcap", 0.0f);
     key_bits_ = ort::attr_int(info, "key_bits", -1);
@@ -36,6 +38,7 @@ struct AttentionKernel {
     recent_ = ort::attr_int(info, "recent_window", 0);
     if (!(softcap_ >= 0.0f)) ort::fail("attribute softcap: expected >= 0");
     if (recent_ < 0) ort::fail("attribute recent_window=" + str(recent_) + ": expected >= 0 (0 = off)");
+    ort::check_dim_attr("recent_window", recent_);
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }
 
@@ -79,6 +82,8 @@ struct AttentionKernel {
     const int64_t total = *tot.ptr<int32_t>();
     tot.require(total >= 1, "a value >= 1");
     const int64_t Pp = std::max<int64_t>(P, total);
+    // Every output's size, before any is created (ort/common.h; device memory is the allocator's to refuse).
+    check_output_sizes(ctx, {B, S, hq_, hkv_, d, P, total, Pp, int64_t(Rk), Rv, recent_, q.type, keys_only}, 0);
     int64_t max_pos = 0;
     if (do_rotary_) {
       for (int c : {kCos, kSin}) {
@@ -91,9 +96,9 @@ struct AttentionKernel {
     // Recent-window rings: T [B, Hkv, R, d]; the value ring only when values are compressed.
     const int64_t R = recent_;
     std::vector<int64_t> ring_shape = check_rings(in, B, hkv_, R, d, q.type, keys_only);
-    auto out = ctx.GetOutput(kOutput, {B, S, hq_ * d});
-    auto prk = ctx.GetOutput(kPresentKey, {B, hkv_, Pp, int64_t(Rk)});
-    auto prv = ctx.GetOutput(kPresentValue, {B, hkv_, Pp, Rv});
+    auto out = ort::get_output(ctx, kOutput, "output", {B, S, hq_ * d});
+    auto prk = ort::get_output(ctx, kPresentKey, "present_key", {B, hkv_, Pp, int64_t(Rk)});
+    auto prv = ort::get_output(ctx, kPresentValue, "present_value", {B, hkv_, Pp, Rv});
     const Rings rings = ring_io(ctx, in, std::move(ring_shape), R, q.type, keys_only);
     TqAttnParams p{};
     p.query = q.data;
@@ -126,7 +131,8 @@ struct AttentionKernel {
     p.m = m;
     p.do_rotary = do_rotary_;
     p.max_pos = max_pos;
-    p.local_window = window_;
+    // <= 0: none; a window beyond 2^31-1 (the kernels' int) covers every position (Pp <= 2^31-1): none either
+    p.local_window = window_ <= 0 || window_ > ort::kMaxDim ? -1 : window_;
     p.scale = scale_;
     p.softcap = softcap_;
     p.recent_window = R;

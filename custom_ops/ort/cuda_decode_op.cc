@@ -38,7 +38,8 @@ struct DecodeKernel {
                      ", use_qjl=" + str(use_qjl_) + ")");
     std::vector<int64_t> oshape(rows.shape);
     oshape.back() = d;
-    auto out = ctx.GetOutput(0, oshape);
+    OutputSizes(0).add("x_hat", od_ == 1 ? kF32 : od_ == 10 ? kF16 : kBF16, oshape, 0, "[..., d] (rows' leading dims)");
+    auto out = ort::get_output(ctx, 0, "x_hat", oshape);
     const int64_t n = rows.numel() / rb;
     if (n == 0) return;
     check(tq_cuda_decode(rows.ptr<uint8_t>(), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,

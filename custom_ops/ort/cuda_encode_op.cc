@@ -31,7 +31,8 @@ struct EncodeKernel {
     x.require(x.rank() >= 1 && x.dim(-1) == d, "shape [..., " + str(d) + "] (d from rotation)");
     std::vector<int64_t> oshape(x.shape);
     oshape.back() = tq_cuda_row_bytes(d, bits, int(use_qjl_), m);
-    auto out = ctx.GetOutput(0, oshape);
+    OutputSizes(0).add("rows", kU8, oshape, 0, "[..., row_bytes] (x's leading dims)");
+    auto out = ort::get_output(ctx, 0, "rows", oshape);
     const int64_t n = x.numel() / d;
     if (n == 0) return;
     check(tq_cuda_encode(x.data, dtype_code(x.type), n, d, rot.ptr<float>(), int(rot.rank()), cb.ptr<float>(), bits,
