@@ -11,7 +11,7 @@ import pytest
 from tiny_exports import library_has_attention, tiny_export
 from tq_ort.cli.main import build_parser, main
 
-SUBCOMMANDS = ["export", "rewrite", "generate", "inspect", "eval", "trt-build", "check"]
+SUBCOMMANDS = ["export", "rewrite", "generate", "inspect", "eval", "trt-build", "check", "serve"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

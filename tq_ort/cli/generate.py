@@ -34,24 +34,9 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def _tokenizer(model_dir: Path, load):
-    """The folder's tokenizer through `load`, or a ValueError naming the folder and what is missing."""
-    if not any((model_dir / n).exists() for n in TOKENIZER_FILES):
-        raise ValueError(f"{model_dir}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)} beside "
-                         "model.onnx, as tq-ort export writes them; copy them from the Hugging Face model folder)")
-    try:
-        return load(model_dir)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"{model_dir}: its tokenizer could not be loaded ({type(e).__name__}: {msg[:300]})") from None
-
-
 def run(a: argparse.Namespace) -> int:
     from ..export import default_export
-    from ..quality.data import load_tokenizer
+    from ..quality.data import folder_tokenizer
     from ..session import DecoderSession, Sampling
 
     if a.engine:
@@ -65,7 +50,7 @@ def run(a: argparse.Namespace) -> int:
         from graph_passes import model_config
 
         model_config(model / "model.onnx" if model.is_dir() else model)
-    tok = _tokenizer(model_dir, load_tokenizer)
+    tok = folder_tokenizer(model_dir)
     prompt = a.prompt
     if a.chat:
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,

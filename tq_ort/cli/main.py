@@ -10,7 +10,8 @@ import importlib
 import sys
 
 # modules of tq_ort.cli, in help order (a module may register a subcommand of another name)
-COMMANDS: tuple[str, ...] = ("export", "rewrite", "generate", "inspect", "eval", "calibrate", "trt_build", "check")
+COMMANDS: tuple[str, ...] = ("export", "rewrite", "generate", "inspect", "eval", "calibrate", "trt_build", "check",
+                             "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,6 +68,22 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def folder_tokenizer(model_dir: Path):
+    """A model folder's tokenizer (load_tokenizer), or a ValueError naming the folder and what is missing."""
+    model_dir = Path(model_dir)
+    if not any((model_dir / n).exists() for n in TOKENIZER_FILES):
+        raise ValueError(f"{model_dir}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)} beside "
+                         "model.onnx, as tq-ort export writes them; copy them from the Hugging Face model folder)")
+    try:
+        return load_tokenizer(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"{model_dir}: its tokenizer could not be loaded ({type(e).__name__}: {msg[:300]})") from None
+
+
 def _tokenize_prefix(tok, text: str, need: int) -> list[int]:
     chars = max(4096, need * 8)
     while True:
