@@ -48,8 +48,11 @@ def interrupted(args: list[str], stage: str, sig: int, tmp: Path, env: dict | No
     marker.unlink(missing_ok=True)
     env = {**os.environ, **(env or {}), TEST_PAUSE_ENV: f"{stage}:{marker}",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # a job started in the background by a non-interactive shell (CI runners, nohup ... &) inherits
+    # SIGINT ignored, and Python then keeps it ignored: give the child the default, as a terminal would
     p = subprocess.Popen([sys.executable, "-m", "tq_ort.cli", *args], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     end = time.monotonic() + 120
     while not marker.exists():
         if p.poll() is not None:
