@@ -10,6 +10,7 @@
 # | orttest | benchort | benchring (R = 0 vs 64, ORT session and kernel) | ncu | sass | bench
 # | benchab (bench_attention --quick, this build and a carried older one in build/old/ {libtq_cuda.so,
 #   libtq_ort_ops.so} alternately, AB_ROUNDS rounds (default 2): side-by-side timings for a refactor)
+# Prepare what the calls carry on the CPU machine first: tests/gpu/prepare_carry.sh [OLD=<commit>].
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-build/gpu/out}"; mkdir -p "$OUT"
