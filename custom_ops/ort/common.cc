@@ -35,14 +35,20 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o.str();
 }
 
+// The product of the dims in *n; false for a negative dim or a product beyond int64. A zero dim makes
+// the product 0 even when the others would overflow (an empty tensor may declare any dims).
+static bool checked_numel(const std::vector<int64_t>& shape, int64_t* n) {
+  *n = 1;
+  for (auto v : shape)
+    if (v == 0) return *n = 0, true;
+  for (auto v : shape)
+    if (v < 0 || __builtin_mul_overflow(*n, v, n)) return false;
+  return true;
+}
+
 int64_t Input::numel() const {
-  // ORT's shapes have non-negative dims and a size that fits; a zero dim makes the product 0 even
-  // when the others would overflow (an empty tensor may declare any dims).
-  for (auto v : shape)
-    if (v == 0) return 0;
-  int64_t n = 1;
-  for (auto v : shape)
-    if (v < 0 || __builtin_mul_overflow(n, v, &n)) fail_expected("dims whose product fits in int64");
+  int64_t n;
+  if (!checked_numel(shape, &n)) fail_expected("dims whose product fits in int64");
   return n;
 }
 
@@ -110,12 +116,9 @@ int64_t OutputSizes::add(const char* name, ElemType t, const std::vector<int64_t
           std::to_string(kMaxDim) + " (2^31-1: the kernels take every dim as a 32-bit int)");
   }
   const int64_t eb = elem_bytes(t);
-  int64_t n = 1;
-  bool zero = false;
-  for (auto v : shape) zero = zero || v == 0;
-  if (zero) return 0;  // an empty output: nothing is allocated, whatever the other dims
-  for (auto v : shape)
-    if (__builtin_mul_overflow(n, v, &n)) bad("more than 2^63-1 elements (the size overflows int64)");
+  int64_t n;
+  if (!checked_numel(shape, &n)) bad("more than 2^63-1 elements (the size overflows int64)");
+  if (n == 0) return 0;  // an empty output: nothing is allocated, whatever the other dims
   int64_t bytes;
   if (__builtin_mul_overflow(n, eb, &bytes))
     bad(std::to_string(n) + " elements of " + std::to_string(eb) + " bytes: more than " + std::to_string(kMaxBytes) +
