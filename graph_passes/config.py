@@ -193,7 +193,11 @@ def load_header(path: str | Path) -> onnx.ModelProto:
 def model_config(path: str | Path) -> dict | None:
     """The turboquant.config of the model file at `path` (None for a model tq-ort did not rewrite),
     read without the weights, its layout version checked against this tq-ort's."""
-    model = load_header(path)
+    return config_or_none(load_header(path), str(path))
+
+
+def config_or_none(model: onnx.ModelProto, where: str = "model") -> dict | None:
+    """read_metadata(model, where), or None for a model without turboquant metadata."""
     if not any(p.key == METADATA_KEY for p in model.metadata_props):
         return None
-    return read_metadata(model, str(path))
+    return read_metadata(model, where)

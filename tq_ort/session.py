@@ -43,13 +43,6 @@ def sample(logits: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
     return int(rng.choice(order, p=p))
 
 
-def model_target(path: str | Path) -> str:
-    """The rewrite target recorded in a model's metadata: "edge" (standard ops only) or "ort"
-    (custom ops; also for original and pre-target models). Reads no weights; checks the layout version."""
-    cfg = model_config(path)
-    return str(cfg.get("target", "ort")) if cfg else "ort"
-
-
 class DecoderSession:
     """Runs a decoder ONNX model step by step. `device` is "cpu" or "cuda"."""
 
@@ -65,6 +58,7 @@ class DecoderSession:
         # the header first (no weights): a truncated file, or a row layout this build does not read,
         # fails here with the file named, before onnxruntime sees it
         self.config = model_config(self.path)
+        # "edge" (standard ops only) or "ort" (custom ops; also for original and pre-target models)
         self.target = str(self.config.get("target", "ort")) if self.config else "ort"
         so = session_options or ort.SessionOptions()
         if self.target != "edge":  # edge models are standard ONNX: the custom-op library is not loaded

@@ -82,12 +82,10 @@ def profile_shapes(inputs: dict[str, tuple[int, ...]], o: BuildOptions) -> dict[
 def _model_info(onnx_path: Path) -> tuple[dict | None, bool]:
     """(turboquant config from the metadata or None, whether the graph has turboquant ops); the layout
     version checked, a truncated file named."""
-    from graph_passes import METADATA_KEY, load_header, read_metadata
+    from graph_passes.config import config_or_none, load_header
 
     m = load_header(onnx_path)
-    has_ops = any(n.domain == "turboquant" for n in m.graph.node)
-    cfg = read_metadata(m, str(onnx_path)) if any(p.key == METADATA_KEY for p in m.metadata_props) else None
-    return cfg, has_ops
+    return config_or_none(m, str(onnx_path)), any(n.domain == "turboquant" for n in m.graph.node)
 
 
 class _Progress:
