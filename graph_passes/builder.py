@@ -43,8 +43,10 @@ class GraphBuilder:
     def rotation(self, plan: LayerPlan) -> ir.Value:
         return self.initializer(f"tq.rotation.{plan.layer}", self.rotation_array(plan))
 
-    def codebook(self, d: int, bits: int) -> ir.Value:
-        return self.initializer(f"tq.codebook.d{d}.b{bits}", codec.codebook(d, bits))
+    def codebook(self, d: int, bits: int, hi: int = 0) -> ir.Value:
+        """codebook(d, bits), or with hi > 0 (split widths) codebook(d, bits) then codebook(d, bits + 1)."""
+        return self.initializer(f"tq.codebook.d{d}.b{bits}" + (f".hi{hi}" if hi else ""),
+                                codec.split_codebook(d, bits, hi))
 
     def qjl(self, plan: LayerPlan) -> ir.Value:
         return self.initializer(f"tq.qjl.d{plan.head_dim}.m{plan.qjl_dim}",
@@ -54,8 +56,8 @@ class GraphBuilder:
                   scale: float, cos=None, sin=None, do_rotary: bool = False, softcap: float = 0.0,
                   name: str | None = None):
         inputs = [query, key, value, past_key, past_value, seqlens_k, total_seq, self.rotation(plan),
-                  self.codebook(plan.head_dim, plan.key_bits),
-                  self.codebook(plan.head_dim, plan.value_bits) if plan.value_bits else None,
+                  self.codebook(plan.head_dim, plan.key_bits, plan.key_hi),
+                  self.codebook(plan.head_dim, plan.value_bits, plan.value_hi) if plan.value_bits else None,
                   self.qjl(plan) if plan.use_qjl else None, cos, sin]
         rings = [(plan.past_key_recent, plan.present_key_recent),
                  (plan.past_value_recent, plan.present_value_recent)] if plan.recent_window else []
@@ -75,6 +77,9 @@ class GraphBuilder:
             "local_window_size": ir.AttrInt64("local_window_size", plan.window),
             "softcap": ir.AttrFloat32("softcap", float(softcap)),
         }
+        for attr, hi in (("key_hi_channels", plan.key_hi), ("value_hi_channels", plan.value_hi)):
+            if hi:  # split widths (docs/ops.md 1.4.1); absent = 0, as older models have it
+                attrs[attr] = ir.AttrInt64(attr, hi)
         if plan.recent_window:
             attrs["recent_window"] = ir.AttrInt64("recent_window", plan.recent_window)
         outs = self.node("TurboQuantAttention", inputs, attrs, domain=DOMAIN, num_outputs=3 + len(rings),

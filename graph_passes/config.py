@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tq_ort import codec
 
 from .layer_bits import check_layer_bits, normalise_layer_bits, resolve_layer_bits
+from .widths import is_width, normalise_width, split_width, width_error
 
 if TYPE_CHECKING:
     import onnx
@@ -16,15 +17,17 @@ if TYPE_CHECKING:
 METADATA_KEY = "turboquant.config"
 SUPPORTED_HEAD_DIMS = (64, 80, 96, 112, 128, 256)
 MAX_RECENT_WINDOW = 4096
+READ_LAYOUT_VERSIONS = (1, 2)  # 2 = 1 plus split widths (docs/ops.md 1.4.1)
 TARGETS = ("ort", "edge")  # ort: TurboQuant custom ops; edge: standard ai.onnx ops only (docs/edge.md)
 
 
 @dataclass(frozen=True)
 class TQConfig:
-    """What the user asks for. `key_bits` counts the QJL bit when use_qjl is on (codes get b-1)."""
+    """What the user asks for. `key_bits` counts the QJL bit when use_qjl is on (codes get b-1).
+    Widths may be split (3.5: graph_passes/widths.py, docs/ops.md 1.4.1)."""
 
-    key_bits: int = 4
-    value_bits: int = 4
+    key_bits: int | float = 4
+    value_bits: int | float = 4
     use_qjl: bool = False
     keys_only: bool = False  # values stay in the model's float dtype
     protect_layers: tuple[int, ...] = ()  # layer indices (negative counts from the end)
@@ -40,6 +43,8 @@ class TQConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_bits", normalise_layer_bits(self.layer_bits))
+        object.__setattr__(self, "key_bits", normalise_width(self.key_bits))
+        object.__setattr__(self, "value_bits", normalise_width(self.value_bits))
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -52,11 +57,18 @@ class TQConfig:
                 raise ValueError(f"--recent-window {self.recent_window} (recent_window) is not supported with "
                                  "--target edge: edge models keep no exact ring; use --recent-window 0 or --target ort")
         ok = codec.SUPPORTED_BITS
-        if self.key_bits not in ok or (self.use_qjl and self.key_bits - 1 not in ok):
-            raise ValueError(f"key_bits={self.key_bits}: expected one of {ok}"
-                             + (" (with QJL, key_bits-1 must be one of them too)" if self.use_qjl else ""))
-        if not self.keys_only and self.value_bits not in ok:
-            raise ValueError(f"value_bits={self.value_bits}: expected one of {ok}")
+        if not is_width(self.key_bits) or (self.use_qjl and not is_width(self.key_bits - 1)):
+            raise ValueError(width_error("key_bits", self.key_bits)
+                             + (" (with QJL, key_bits-1 must be one too)" if self.use_qjl else ""))
+        if not self.keys_only and not is_width(self.value_bits):
+            raise ValueError(width_error("value_bits", self.value_bits))
+        if self.target == "edge":
+            split = [n for n, w in (("--key-bits", self.key_bits), ("--value-bits", self.value_bits))
+                     if w != int(w)] + (["--layer-bits"] if any(k != int(k) or v != int(v)
+                                                                 for _, k, v in self.layer_bits) else [])
+            if split:
+                raise ValueError(f"{', '.join(split)}: split widths (e.g. 3.5) are not supported with --target edge "
+                                 "yet (the edge graphs decode one width per row); use whole widths or --target ort")
         if self.protect_bits not in ok:
             raise ValueError(f"protect_bits={self.protect_bits}: expected one of {ok}")
         if not isinstance(self.recent_window, int) or not 0 <= self.recent_window <= MAX_RECENT_WINDOW:
@@ -73,7 +85,7 @@ class LayerPlan:
     head_dim: int
     kv_heads: int
     num_heads: int
-    key_bits: int  # code bits actually stored (b-1 with QJL)
+    key_bits: int  # code bits actually stored (b-1 with QJL; the narrower width of a split one)
     value_bits: int  # 0 = float values (keys-only)
     use_qjl: bool
     qjl_dim: int
@@ -91,6 +103,9 @@ class LayerPlan:
     past_value_recent: str = ""  # "" also when values are not compressed (keys-only)
     present_key_recent: str = ""
     present_value_recent: str = ""
+    # split widths (docs/ops.md 1.4.1): rotated coordinates [0, hi) at key_bits + 1 / value_bits + 1
+    key_hi: int = 0
+    value_hi: int = 0
 
 
 def ring_name(cache_name: str) -> str:
@@ -108,7 +123,9 @@ def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_he
     if cfg.layer_bits:  # the per-layer allocation (checked against the layer count here)
         kb, vb = resolve_layer_bits(cfg.layer_bits, n_layers, cfg.protect_layers).get(layer, (kb, vb))
     qjl = cfg.use_qjl and layer not in protected
-    code_bits = kb - 1 if qjl else kb
+    code_bits, key_hi = split_width(kb - 1 if qjl else kb, head_dim, f"layer {layer}: key_bits"
+                                    + (" - 1 (QJL)" if qjl else ""))
+    vb, value_hi = split_width(vb, head_dim, f"layer {layer}: value_bits") if vb else (0, 0)
     m = head_dim if qjl else 0
     R = cfg.recent_window
     ring = {}
@@ -119,14 +136,16 @@ def plan_layer(cfg: TQConfig, layer: int, n_layers: int, *, head_dim: int, kv_he
             ring.update(past_value_recent=ring_name(names[1]), present_value_recent=ring_name(names[3]))
     return LayerPlan(
         layer=layer, head_dim=head_dim, kv_heads=kv_heads, num_heads=num_heads, key_bits=code_bits,
-        value_bits=vb, use_qjl=qjl, qjl_dim=m, key_row_bytes=codec.row_bytes(head_dim, code_bits, qjl, m or None),
-        value_row_bytes=codec.row_bytes(head_dim, vb) if vb else 0, window=cfg.windows.get(layer, -1),
+        value_bits=vb, use_qjl=qjl, qjl_dim=m, key_row_bytes=codec.row_bytes(head_dim, code_bits, qjl, m or None, key_hi),
+        value_row_bytes=codec.row_bytes(head_dim, vb, hi=value_hi) if vb else 0, window=cfg.windows.get(layer, -1),
+        key_hi=key_hi, value_hi=value_hi,
         past_key=names[0], past_value=names[1], present_key=names[2], present_value=names[3], **ring)
 
 
 def metadata_json(cfg: TQConfig, plans: list[LayerPlan], source: str, shared_buffer_ok: bool) -> str:
     return json.dumps({
-        "layout_version": codec.LAYOUT_VERSION,
+        # version 1 unless a layer splits its widths: models without them stay readable by older tq-ort
+        "layout_version": 2 if any(p.key_hi or p.value_hi for p in plans) else 1,
         "seed": cfg.seed,
         "source": source,
         "requested": {"key_bits": cfg.key_bits, "value_bits": cfg.value_bits, "use_qjl": cfg.use_qjl,
@@ -144,10 +163,10 @@ def check_layout_version(cfg: dict, where: str = "model") -> dict:
     """cfg (a turboquant.config) if its row layout is the one this tq-ort reads and writes; else a
     ValueError naming `where` (the file), the found and the supported version."""
     found = cfg.get("layout_version")
-    if found != codec.LAYOUT_VERSION:
+    if found not in READ_LAYOUT_VERSIONS or isinstance(found, bool):
         raise ValueError(f"{where}: TurboQuant row layout version {found!r} ('{METADATA_KEY}' layout_version); this "
-                         f"tq-ort reads layout version {codec.LAYOUT_VERSION} only (docs/ops.md 1.4): rewrite the "
-                         "model again from its float export with this tq-ort")
+                         f"tq-ort reads layout versions {', '.join(map(str, READ_LAYOUT_VERSIONS))} (docs/ops.md 1.4): "
+                         "rewrite the model again from its float export with this tq-ort")
     return cfg
 
 

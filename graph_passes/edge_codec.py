@@ -185,13 +185,30 @@ def byte_centroid_table(cb: np.ndarray) -> np.ndarray:
     return np.asarray(cb, F32)[codes]
 
 
-def unpack_codes_3bit(e: EdgeOps, byts: ir.Value, d: int) -> ir.Value:
-    """3-bit code bytes [.., 3d/8] -> int32 codes [.., d]: each 3 bytes are a 24-bit word (exact in
-    float32), code k = floor(word / 8^k) mod 8 by exact power-of-two scaling and Floor."""
-    x = e.cast(e.reshape(byts, 0, 0, 0, d // 8, 3), ir.DataType.FLOAT)
-    word = e.op("MatMul", x, e.const(np.array([[1.0], [256.0], [65536.0]], F32), "w"))  # exact: < 2^24
-    t = e.op("Floor", e.op("Mul", word, e.const(np.array([8.0 ** -k for k in range(8)], F32), "w")))
-    codes = e.op("Sub", t, e.op("Mul", e.op("Floor", e.op("Mul", t, e.f(0.125))), e.f(8.0)))
+def unpack_window_weights(bits: int) -> np.ndarray:
+    """For b in {3, 5, 6} (codes that straddle bytes): W [nb, g] with the g codes of a group of nb bytes
+    at floor(bytes @ W) mod 2^b. Code k starts at bit s = k b; it is read from the 3-byte (24-bit,
+    exact in float32) window at byte j = min(s // 8, nb - 3), scaled by 2^-(s - 8 j): powers of two."""
+    g, nb = _group(bits)
+    w = np.zeros((nb, g), F32)
+    for k in range(g):
+        s = k * bits
+        j = min(s // 8, nb - 3)
+        assert s - 8 * j + bits <= 24
+        for t in range(3):
+            w[j + t, k] = np.ldexp(1.0, 8 * t - (s - 8 * j))
+    return w
+
+
+def unpack_codes_window(e: EdgeOps, byts: ir.Value, d: int, bits: int) -> ir.Value:
+    """b-bit code bytes [.., d b/8] -> int32 codes [.., d] for b in {3, 5, 6}: one MatMul of each
+    group's bytes with unpack_window_weights (every product a byte times a power of two, every sum
+    below 2^24: exact), Floor, then mod 2^b by exact power-of-two scaling."""
+    g, nb = _group(bits)
+    x = e.cast(e.reshape(byts, 0, 0, 0, d // g, nb), ir.DataType.FLOAT)
+    t = e.op("Floor", e.op("MatMul", x, e.const(unpack_window_weights(bits), "w")))
+    k = float(1 << bits)
+    codes = e.op("Sub", t, e.op("Mul", e.op("Floor", e.op("Mul", t, e.f(1.0 / k))), e.f(k)))
     return e.cast(e.reshape(codes, 0, 0, 0, d), ir.DataType.INT32)
 
 
@@ -262,7 +279,8 @@ def decode_rotated(e: EdgeOps, rows: ir.Value, d: int, cb: np.ndarray) -> tuple[
     bits = codec.bits_of(cb)
     scale = bytes_to_f32(e, e.slice_last(rows, 0, 4))
     byts = e.slice_last(rows, 4, 4 + d * bits // 8)
-    if bits == 3:
-        return scale, e.op("Gather", e.const(np.asarray(cb, F32), "cb"), unpack_codes_3bit(e, byts, d), axis=0)
+    if 8 % bits:  # 3, 5, 6 bits: codes straddle bytes
+        return scale, e.op("Gather", e.const(np.asarray(cb, F32), "cb"), unpack_codes_window(e, byts, d, bits),
+                           axis=0)
     cent = e.op("Gather", e.const(byte_centroid_table(cb), "bytecb"), e.cast(byts, ir.DataType.INT32), axis=0)
     return scale, e.reshape(cent, 0, 0, 0, d)

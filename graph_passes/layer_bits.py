@@ -3,12 +3,15 @@
 An allocation is a tuple of (layer, key_bits, value_bits): layer may be negative (counted from the end,
 as in protect_layers), key_bits counts the QJL bit when use_qjl is on (like TQConfig.key_bits), and
 value_bits is 0 for a keys-only model (values stay float). Layers not listed keep TQConfig.key_bits /
-value_bits. The inline form, `--layer-bits 0:K8V8,10:K4V4,-1:K8V3` (keys-only: `0:K8`), is what
+value_bits. Widths may be split (graph_passes/widths.py: 0:K3.5V3). The inline form,
+`--layer-bits 0:K8V8,10:K4V4,-1:K8V3` (keys-only: `0:K8`), is what
 `format_layer_bits` writes and `parse_layer_bits` reads. Checked twice: the entries alone when the
 config is validated (bits, duplicates), and against the model's layer count when the layers are planned
 (indices in range, no layer named twice, none also in protect_layers).
 """
 from __future__ import annotations
+
+from .widths import is_width, normalise_width, parse_width, width_error
 
 FLAG = "--layer-bits (layer_bits)"
 LayerBits = tuple[tuple[int, int, int], ...]
@@ -26,7 +29,7 @@ def parse_layer_bits(spec: str) -> LayerBits:
             if not sep or not head.startswith("K"):
                 raise ValueError
             kb, _, vb = head[1:].partition("V")
-            out.append((int(layer), int(kb), int(vb) if vb else 0))
+            out.append((int(layer), parse_width(kb), parse_width(vb) if vb else 0))
         except ValueError:
             raise ValueError(f"{FLAG}: entry {item!r}: expected LAYER:K<bits>V<bits> (e.g. 0:K8V8 or -1:K4V3; "
                              "keys-only models: 0:K8), entries comma-separated") from None
@@ -44,7 +47,7 @@ def normalise_layer_bits(value: object) -> object:
     """Lists (from JSON) become tuples so that equal allocations compare equal; anything else is left
     for check_layer_bits to reject."""
     if isinstance(value, (list, tuple)):
-        return tuple(tuple(e) if isinstance(e, (list, tuple)) else e for e in value)
+        return tuple(tuple(normalise_width(x) for x in e) if isinstance(e, (list, tuple)) else e for e in value)
     return value
 
 
@@ -54,22 +57,23 @@ def check_layer_bits(layer_bits: object, *, supported: tuple[int, ...], use_qjl:
         raise ValueError(f"{FLAG}: {layer_bits!r}: expected a tuple of (layer, key_bits, value_bits)")
     seen: set[int] = set()
     for e in layer_bits:
-        if not (isinstance(e, tuple) and len(e) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                              for x in e)):
-            raise ValueError(f"{FLAG}: entry {e!r}: expected (layer, key_bits, value_bits), three integers")
+        if not (isinstance(e, tuple) and len(e) == 3 and isinstance(e[0], int) and not isinstance(e[0], bool)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e[1:])):
+            raise ValueError(f"{FLAG}: entry {e!r}: expected (layer, key_bits, value_bits): a layer index and two "
+                             "widths")
         layer, kb, vb = e
         where = f"{FLAG}: layer {layer}"
         if layer in seen:
             raise ValueError(f"{where} is given twice")
         seen.add(layer)
-        if kb not in supported or (use_qjl and kb - 1 not in supported):
-            raise ValueError(f"{where}: key_bits={kb}: expected one of {supported}"
-                             + (" (with QJL, key_bits-1 must be one of them too)" if use_qjl else ""))
+        if not is_width(kb, supported) or (use_qjl and not is_width(kb - 1, supported)):
+            raise ValueError(f"{where}: " + width_error("key_bits", kb, supported)
+                             + (" (with QJL, key_bits-1 must be one too)" if use_qjl else ""))
         if keys_only and vb:
             raise ValueError(f"{where}: value_bits={vb} with keys_only: values stay float; give keys only "
                              f"(e.g. {layer}:K{kb})")
-        if not keys_only and vb not in supported:
-            raise ValueError(f"{where}: value_bits={vb}: expected one of {supported} (only keys-only models "
+        if not keys_only and not is_width(vb, supported):
+            raise ValueError(f"{where}: " + width_error("value_bits", vb, supported) + " (only keys-only models "
                              "leave V out)")
 
 

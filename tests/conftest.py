@@ -78,13 +78,13 @@ class Ops:
         return self.run("TurboQuantEncode", feeds, {"rows": (np.uint8, None)},
                         dict(bits=bits, use_qjl=use_qjl, **extra_attrs))[0]
 
-    def decode(self, rows, rot, cb, qjl=None, *, use_qjl=0, out_dtype=np.float32):
+    def decode(self, rows, rot, cb, qjl=None, *, use_qjl=0, out_dtype=np.float32, **extra_attrs):
         feeds = {"rows": rows, "rotation": rot, "codebook": cb}
         if qjl is not None:
             feeds["qjl_matrix"] = qjl
         od = 10 if np.dtype(out_dtype) == np.float16 else 1
         return self.run("TurboQuantDecode", feeds, {"x_hat": (out_dtype, None)},
-                        dict(use_qjl=use_qjl, output_dtype=od))[0]
+                        dict(use_qjl=use_qjl, output_dtype=od, **extra_attrs))[0]
 
 
 @pytest.fixture(scope="session")

@@ -47,8 +47,8 @@ def test_bad_input_gives_a_clear_error(tmp_path):
     r = run_cli("rewrite", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx"))
     assert r.returncode == 2 and "no such model" in r.stderr and "Traceback" not in r.stderr
     src = tiny_export("llama")
-    r = run_cli("rewrite", str(src), "-o", str(tmp_path / "o.onnx"), "--key-bits", "6")
-    assert r.returncode == 2 and "key_bits=6" in r.stderr
+    r = run_cli("rewrite", str(src), "-o", str(tmp_path / "o.onnx"), "--key-bits", "7")
+    assert r.returncode == 2 and "key_bits=7" in r.stderr
     r = run_cli("inspect", str(src))
     assert r.returncode == 2 and "not rewritten by tq-ort" in r.stderr
 

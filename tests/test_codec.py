@@ -18,7 +18,7 @@ def unit_vectors(rng, n, d):
 
 
 @pytest.mark.parametrize("d", [64, 80, 128, 256])
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
 def test_codebook_is_a_lloyd_max_fixed_point(d, bits):
     cb = C.codebook_f64(d, bits)
     assert cb.shape == (1 << bits,)
@@ -64,7 +64,7 @@ def test_pack_layout_low_nibble_first():
     packed = C.pack_bits(codes, 4, 4)
     assert packed.tolist() == [[0x21, 0x43, 0x0F, 0x00]]
     rng = np.random.default_rng(1)
-    for b in (1, 2, 3, 4, 8):
+    for b in (1, 2, 3, 4, 5, 6, 8):
         c = rng.integers(0, 1 << b, size=(5, 80), dtype=np.uint8)
         nb = (80 * b + 7) // 8
         assert np.array_equal(C.unpack_bits(C.pack_bits(c, b, nb + 3), b, 80), c)

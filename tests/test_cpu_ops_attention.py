@@ -34,20 +34,23 @@ class Case:
     scale: float = 0.0
     seqlens: tuple | None = None  # override (first prompts with padding)
     m: int | None = None          # QJL sketch length (default d)
+    key_hi: int = 0               # split widths (docs/ops.md 1.4.1): coordinates at key_bits + 1
+    value_hi: int = 0
     attrs: dict = field(default_factory=dict)
 
     def build(self, rng):
         d, B, S = self.d, self.B, self.S
         self.rot = codec.rotation(d, int(rng.integers(1 << 16)))
-        self.kcb = codec.codebook(d, self.key_bits)
-        self.vcb = codec.codebook(d, self.value_bits) if self.value_bits else None
+        self.kcb = codec.split_codebook(d, self.key_bits, self.key_hi)
+        self.vcb = codec.split_codebook(d, self.value_bits, self.value_hi) if self.value_bits else None
         self.qjl = codec.qjl_matrix(self.m or d, d, int(rng.integers(1 << 16))) if self.use_qjl else None
         f = lambda *s: (rng.standard_normal(s) * 1.5).astype(self.dtype)  # noqa: E731
         self.q, self.k, self.v = f(B, S, self.Hq * d), f(B, S, self.Hkv * d), f(B, S, self.Hkv * d)
         hist_k = rng.standard_normal((B, self.Hkv, self.P, d)).astype(np.float32)
         hist_v = rng.standard_normal((B, self.Hkv, self.P, d)).astype(np.float32)
-        self.pk = codec.encode(hist_k, self.rot, self.kcb, self.use_qjl, self.qjl)
-        self.pv = codec.encode(hist_v, self.rot, self.vcb) if self.value_bits else hist_v.astype(self.dtype)
+        self.pk = codec.encode(hist_k, self.rot, self.kcb, self.use_qjl, self.qjl, hi=self.key_hi)
+        self.pv = (codec.encode(hist_v, self.rot, self.vcb, hi=self.value_hi) if self.value_bits
+                   else hist_v.astype(self.dtype))
         if self.seqlens is None:
             self.seqlens = tuple(p + S - 1 for p in self.past_lens)
         self.sl = np.asarray(self.seqlens, np.int32)
@@ -65,6 +68,10 @@ class Case:
         a = dict(num_heads=self.Hq, kv_num_heads=self.Hkv, key_bits=self.key_bits, value_bits=self.value_bits,
                  use_qjl=int(self.use_qjl), do_rotary=int(self.do_rotary), local_window_size=self.window,
                  softcap=float(self.softcap), scale=float(self.scale))
+        if self.key_hi:
+            a["key_hi_channels"] = self.key_hi
+        if self.value_hi:
+            a["value_hi_channels"] = self.value_hi
         a.update(self.attrs)
         return a
 
@@ -76,7 +83,8 @@ class Case:
         return codec.attention(self.q, self.k, self.v, self.pk, self.pv, self.sl, self.tot, self.rot, self.kcb,
                                self.vcb, self.qjl, num_heads=self.Hq, kv_num_heads=self.Hkv, scale=self.scale,
                                use_qjl=self.use_qjl, do_rotary=self.do_rotary, cos_cache=self.cos,
-                               sin_cache=self.sin, local_window_size=self.window, softcap=self.softcap)
+                               sin_cache=self.sin, local_window_size=self.window, softcap=self.softcap,
+                               key_hi_channels=self.key_hi, value_hi_channels=self.value_hi)
 
 
 def outputs_spec(c: Case):
@@ -122,8 +130,8 @@ def run_shared(ops, c: Case, device: str = "cpu"):
     return [io.get_outputs()[0].numpy(), pk_buf, pv_buf]
 
 
-def check_rows(got, ref, d, bits, use_qjl, what, seed, m=None):
-    lay = codec.layout(d, bits, use_qjl, m)
+def check_rows(got, ref, d, bits, use_qjl, what, seed, m=None, hi=0):
+    lay = codec.layout(d, bits, use_qjl, m, hi)
     cs = slice(4, 4 + lay.code_bytes)
     assert got.shape == ref.shape, f"{what} seed={seed}: shape {got.shape} vs {ref.shape}"
     bad = np.argwhere(np.any(got[..., cs] != ref[..., cs], axis=-1))
@@ -145,9 +153,9 @@ def check(c: Case, got, ref, seed):
     err = np.abs(out.astype(np.float32) - r_out.astype(np.float32))
     assert err.max() <= tol * scale, f"seed={seed}: output max abs err {err.max():.3g} (tol {tol * scale:.3g}) " \
                                      f"at {np.unravel_index(err.argmax(), err.shape)}"
-    check_rows(pk, r_pk, c.d, c.key_bits, c.use_qjl, "present_key", seed, c.m)
+    check_rows(pk, r_pk, c.d, c.key_bits, c.use_qjl, "present_key", seed, c.m, c.key_hi)
     if c.value_bits:
-        check_rows(pv, r_pv, c.d, c.value_bits, False, "present_value", seed)
+        check_rows(pv, r_pv, c.d, c.value_bits, False, "present_value", seed, hi=c.value_hi)
     else:
         assert pv.dtype == c.dtype and np.array_equal(pv, r_pv), f"present_value seed={seed}"
 
@@ -161,7 +169,7 @@ def check_case(ops, c: Case, rng, seed, mode="concat"):
 # ---- decode steps (S = 1) ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("d,key_bits,value_bits", [(64, 4, 4), (80, 3, 2), (96, 2, 3), (128, 4, 3), (256, 1, 4),
-                                                    (128, 8, 8), (64, 3, 1)])
+                                                    (128, 8, 8), (64, 3, 1), (64, 5, 6), (128, 6, 5)])
 def test_decode_dims_and_bits(ops, rng, seed, d, key_bits, value_bits):
     check_case(ops, Case(d=d, key_bits=key_bits, value_bits=value_bits), rng, seed)
 

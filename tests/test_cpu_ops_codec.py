@@ -7,7 +7,7 @@ import pytest
 from tq_ort import codec
 
 DIMS = [64, 80, 96, 128, 256]
-BITS = [1, 2, 3, 4, 8]
+BITS = [1, 2, 3, 4, 5, 6, 8]
 
 
 def make_codec(d, bits, seed, use_qjl=False, m=None):

@@ -32,8 +32,8 @@ def test_encode_wrong_dtype(ops, enc):
 
 
 def test_encode_bits_not_supported(ops, enc):
-    with raises("attribute bits=5: expected one of 1, 2, 3, 4, 8"):
-        ops.encode(enc["x"], enc["rot"], enc["cb"], bits=5)
+    with raises("attribute bits=7: expected one of 1, 2, 3, 4, 5, 6, 8"):
+        ops.encode(enc["x"], enc["rot"], enc["cb"], bits=7)
 
 
 def test_encode_codebook_length_mismatch(ops, enc):

@@ -52,7 +52,7 @@ def _split(rows: np.ndarray, d: int, bits: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @pytest.mark.parametrize("d,bits", [(64, 4), (64, 1), (64, 2), (64, 3), (64, 8), (128, 3), (256, 4), (80, 4),
-                                    (96, 3), (112, 2)])
+                                    (96, 3), (112, 2), (64, 5), (128, 6), (80, 5), (96, 6)])
 def test_encode_codes_bit_exact(d, bits):
     rot = codec.rotation(d, seed=d + bits)
     cb = codec.codebook(d, bits)
@@ -104,7 +104,7 @@ def test_scale_bytes_roundtrip_exact():
     np.testing.assert_array_equal(back.view(np.uint32), v.view(np.uint32))
 
 
-@pytest.mark.parametrize("d,bits", [(64, 4), (64, 3), (128, 1), (80, 2), (64, 8)])
+@pytest.mark.parametrize("d,bits", [(64, 4), (64, 3), (128, 1), (80, 2), (64, 8), (64, 5), (128, 6), (80, 5)])
 def test_decode_matches_reference(d, bits):
     rot, cb = codec.rotation(d, seed=3), codec.codebook(d, bits)
     rows = codec.encode(_vectors(d, 30, 5), rot, cb)

@@ -85,8 +85,8 @@ def test_refusals_leave_no_half_rewritten_model(tmp_path):
     onnx.save(onnx.helper.make_model(g), tmp_path / "nocache.onnx")
     with pytest.raises(RewriteError, match="no KV cache"):
         rewrite_file(tmp_path / "nocache.onnx", tmp_path / "o.onnx", TQConfig())
-    with pytest.raises(ValueError, match="key_bits=5"):
-        rewrite_file(src, tmp_path / "o.onnx", TQConfig(key_bits=5))
+    with pytest.raises(ValueError, match="key_bits=7"):
+        rewrite_file(src, tmp_path / "o.onnx", TQConfig(key_bits=7))
     # rewriting twice is refused
     once = rewrite_file(src, tmp_path / "once.onnx", TQConfig())
     with pytest.raises(RewriteError, match="rewritten before|no KV cache|expected"):

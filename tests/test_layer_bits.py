@@ -64,11 +64,12 @@ def test_plan_layer_honours_the_allocation():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    (dict(layer_bits=((0, 5, 4),)), "layer 0: key_bits=5"),
+    (dict(layer_bits=((0, 7, 4),)), "layer 0: key_bits=7"),
+    (dict(layer_bits=((0, 6.5, 4),)), "layer 0: key_bits=6.5"),
     (dict(layer_bits=((0, 4, 7),)), "layer 0: value_bits=7"),
     (dict(layer_bits=((0, 4, 4), (0, 2, 2))), "layer 0 is given twice"),
     (dict(layer_bits=((0, 4),)), "expected (layer, key_bits, value_bits)"),
-    (dict(layer_bits=((0, 4, True),)), "three integers"),
+    (dict(layer_bits=((0, 4, True),)), "a layer index and two widths"),
     (dict(layer_bits="0:K4V4"), "expected a tuple"),
     (dict(use_qjl=True, layer_bits=((1, 1, 4),)), "key_bits-1"),
     (dict(keys_only=True, layer_bits=((1, 4, 4),)), "with keys_only"),

@@ -1,6 +1,7 @@
 // LSB-first bit streams: code i occupies bits [i*b, i*b+b) (docs/ops.md 1.4).
 #pragma once
 #include "core/defs.h"
+#include "core/layout.h"
 
 namespace tq {
 
@@ -25,6 +26,26 @@ TQ_HD inline int unpack_code(const uint8_t* s, int i, int b) {
   uint32_t v = s[bit >> 3];
   if ((bit & 7) + b > 8) v |= uint32_t(s[(bit >> 3) + 1]) << 8;
   return int((v >> (bit & 7)) & ((1u << b) - 1u));
+}
+
+// Row codes as codebook-input indices (docs/ops.md 1.4.1): coordinate i < hi holds 2^bits + its
+// (bits+1)-bit code, the others their bits-bit code; codes[d] <-> the row's code bytes (at codes_offset).
+TQ_HD inline int code_index(const uint8_t* code_bytes, const RowLayout& l, int i) {
+  if (i < l.hi) return (1 << l.bits) + unpack_code(code_bytes, i, l.bits + 1);
+  return unpack_code(code_bytes + l.hi_code_bytes(), i - l.hi, l.bits);
+}
+
+TQ_HD inline void pack_row_codes(const uint8_t* codes, const RowLayout& l, uint8_t* out) {
+  if (!l.hi) return pack_codes(codes, l.d, l.bits, out, l.code_bytes());
+  const int K = 1 << l.bits;
+  for (int i = 0; i < l.code_bytes(); ++i) out[i] = 0;
+  for (int i = 0; i < l.hi; ++i) {  // the (bits+1)-bit stream, codes less the 2^bits offset
+    const int bit = i * (l.bits + 1);
+    const uint32_t v = uint32_t(codes[i] - K) << (bit & 7);
+    out[bit >> 3] |= uint8_t(v);
+    if ((bit & 7) + l.bits + 1 > 8) out[(bit >> 3) + 1] |= uint8_t(v >> 8);
+  }
+  pack_codes(codes + l.hi, l.d - l.hi, l.bits, out + l.hi_code_bytes(), l.lo_code_bytes());
 }
 
 TQ_HD inline int get_bit(const uint8_t* s, int j) { return (s[j >> 3] >> (j & 7)) & 1; }

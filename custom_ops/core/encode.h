@@ -13,6 +13,14 @@ TQ_HD inline void make_boundaries(const float* c, int K, float* B) {
   for (int k = 0; k + 1 < K; ++k) B[k] = fmul(fadd(c[k], c[k + 1]), 0.5f);
 }
 
+// The boundaries of a layout's codebook input into B[table_size()]: B[0, K-1) of the 2^bits
+// centroids, and with split widths B[K, 3K-1) of the 2^(bits+1) ones (K = 2^bits).
+TQ_HD inline void make_layout_boundaries(const float* c, const RowLayout& l, float* B) {
+  const int K = 1 << l.bits;
+  make_boundaries(c, K, B);
+  if (l.hi) make_boundaries(c + K, 2 * K, B + K);
+}
+
 // #{k : t > B[k]} for ascending B (ties go to the lower centroid).
 TQ_HD inline int code_of(float t, const float* B, int K) {
   if (K <= 16) {  // branch-free count: vectorizes, and matches the definition literally
@@ -60,7 +68,8 @@ struct EncodeScratch {  // caller-provided, d floats / bytes each (r only with Q
   float* r;
 };
 
-// Steps 2-6 of 1.3 for one finite vector x[d]; writes the whole row (padding zeroed).
+// Steps 2-6 of 1.3 for one finite vector x[d]; writes the whole row (padding zeroed). B: as
+// make_layout_boundaries; c: the codebook input (c[codes[i]] is coordinate i's centroid).
 TQ_HD inline void encode_vector(const Rotation& rot, const float* c, const float* B, const RowLayout& lay,
                                 const float* qjl, const float* x, EncodeScratch s, uint8_t* row) {
   const int d = lay.d, K = 1 << lay.bits;
@@ -69,11 +78,13 @@ TQ_HD inline void encode_vector(const Rotation& rot, const float* c, const float
   rotate_forward_exact(rot, x, z);
   const float ss = sum_sq_8lanes(z, d);
   float scale = 0.0f;
+  const int hi = lay.hi;  // split widths: [0, hi) code 2^bits + the (bits+1)-bit code (B + K)
   if (ss == 0.0f) {
-    for (int i = 0; i < d; ++i) s.codes[i] = uint8_t(K / 2);
+    for (int i = 0; i < d; ++i) s.codes[i] = uint8_t(i < hi ? K + K : K / 2);
   } else {
     const float inv = exact_rsqrt(ss);
-    for (int i = 0; i < d; ++i) s.codes[i] = uint8_t(code_of(fmul(z[i], inv), B, K));
+    for (int i = 0; i < hi; ++i) s.codes[i] = uint8_t(K + code_of(fmul(z[i], inv), B + K, 2 * K));
+    for (int i = hi; i < d; ++i) s.codes[i] = uint8_t(code_of(fmul(z[i], inv), B, K));
     float zc = 0.0f, cc = 0.0f;  // least-squares scale (not bit-exact, any order)
     for (int i = 0; i < d; ++i) {
       const float ci = c[s.codes[i]];
@@ -83,7 +94,7 @@ TQ_HD inline void encode_vector(const Rotation& rot, const float* c, const float
     scale = cc > 0.0f ? isd * zc / cc : 0.0f;
   }
   store_f32(row, scale);
-  pack_codes(s.codes, d, lay.bits, row + lay.codes_offset(), lay.code_bytes());
+  pack_row_codes(s.codes, lay, row + lay.codes_offset());
   if (!lay.qjl) return;
   // QJL on the rotated residual r = y - scale * c[code], y = z * inv_sqrt_d.
   float rn = 0.0f;

@@ -53,6 +53,22 @@ void rope(float* x, int d, const void* cos, const void* sin, int64_t pos, bool h
   }
 }
 
+// The code spans of compressed rows: one, or with split widths (docs/ops.md 1.4.1) the (bits+1)-bit
+// coordinates [0, hi) and then the bits-bit [hi, d), each with its part of the codebook input and the
+// coordinate it starts at (an offset into the query / accumulator).
+struct CodeSpans {
+  RowSpan span[2];
+  int first[2];
+  int n;
+};
+
+CodeSpans code_spans(const uint8_t* rows, int64_t stride, const RowLayout& l, const float* cb) {
+  if (!l.hi) return CodeSpans{{RowSpan{rows, stride, l.codes_offset(), l.bits, l.d, cb}, {}}, {0, 0}, 1};
+  return CodeSpans{{RowSpan{rows, stride, l.codes_offset(), l.bits + 1, l.hi, cb + (1 << l.bits)},
+                    RowSpan{rows, stride, l.lo_codes_offset(), l.bits, l.d - l.hi, cb}},
+                   {0, l.hi}, 2};
+}
+
 // y = H(s * x) / sqrt(d) (Hadamard rotations; dense ones go through dot_rows).
 void rotate_fwd(const Rotation& r, const float* x, float* y) {
   const int d = r.d;
@@ -201,8 +217,9 @@ void attend(const Shared& sh, const Task& t) {
     const int Rk = sh.Rk;
     const RowLayout& kl = a.kc.lay;
     const uint8_t* rows = a.present_k + (bg * a.Pp + c0) * Rk;
-    dot_rows(RowSpan{rows, Rk, kl.codes_offset(), kl.bits, d, a.kc.codebook}, ncomp, qr.data(), d, nv, sc.data(), ld,
-             0, a.scale, false);
+    const CodeSpans ks = code_spans(rows, Rk, kl, a.kc.codebook);
+    for (int k = 0; k < ks.n; ++k)
+      dot_rows(ks.span[k], ncomp, qr.data() + ks.first[k], d, nv, sc.data(), ld, 0, a.scale, k > 0);
     if (kl.qjl) {  // + rnorm_j * sqrt(pi/2)/m * <S R q, sgn_j>: the sign bits are a 1-bit code over {-1, +1}
       const int m = kl.m;
       std::vector<float> sq(size_t(nv) * m);  // S R q: the rows of S are plain float32 vectors
@@ -244,9 +261,11 @@ void attend(const Shared& sh, const Task& t) {
       acc_rows(RowSpan{vrows, sh.Rv, 0, a.half ? 16 : 32, d, nullptr}, ncache, sc.data(), ld, nv, acc.data(), d,
                kNoRowScale);
   } else {
-    if (ncomp > 0)
-      acc_rows(RowSpan{vrows, sh.Rv, a.vc.lay.codes_offset(), a.vc.lay.bits, d, a.vc.codebook}, ncomp, sc.data(),
-               ld, nv, acc_rot.data(), d, 0);
+    if (ncomp > 0) {
+      const CodeSpans vs = code_spans(vrows, sh.Rv, a.vc.lay, a.vc.codebook);
+      for (int k = 0; k < vs.n; ++k)
+        acc_rows(vs.span[k], ncomp, sc.data(), ld, nv, acc_rot.data() + vs.first[k], d, 0);
+    }
     const float* vring = sh.vring.data() + (bg * a.R + rs - sh.ring0[t.b]) * d;
     if (nring > 0)
       acc_rows(RowSpan{reinterpret_cast<const uint8_t*>(vring), int64_t(d) * 4, 0, 32, d, nullptr}, nring,

@@ -21,7 +21,7 @@ void decode_rows(const Codec& c, const uint8_t* rows, int64_t n, void* out, bool
       const uint8_t* row = rows + v * rb;
       const float scale = load_f32(row);
       const uint8_t* codes = row + c.lay.codes_offset();
-      for (int i = 0; i < d; ++i) y[i] = scale * c.codebook[unpack_code(codes, i, c.lay.bits)];
+      for (int i = 0; i < d; ++i) y[i] = scale * c.codebook[code_index(codes, c.lay, i)];
       if (!c.rot.dense) {
         fwht(y.data(), d);
         for (int i = 0; i < d; ++i) x[i] = c.rot.data[i] * y[i] * isd;

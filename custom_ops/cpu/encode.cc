@@ -46,9 +46,9 @@ int64_t encode_portable(const Encoder& e, const void* x, bool half, int64_t begi
 }  // namespace
 
 Encoder::Encoder(const Codec& c) : codec(c) {
-  const int d = c.lay.d, K = 1 << c.lay.bits;
-  bounds.resize(K);
-  make_boundaries(c.codebook, K, bounds.data());
+  const int d = c.lay.d;
+  bounds.resize(c.lay.table_size());
+  make_layout_boundaries(c.codebook, c.lay, bounds.data());
   avx2 = use_avx2() && d % 8 == 0 && d <= 1024;
   if (avx2 && c.rot.dense) {  // transpose once: the exact axpy order reads R column by column
     rot_t.resize(size_t(d) * d);

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cpu/encode_avx2.h"
+#include "core/bitpack.h"
 
 #define TQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TQ_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
@@ -95,10 +96,10 @@ TQ_AVX2_INLINE void pack(const uint8_t* codes, int d, int bits, uint8_t* out, in
   } else if (bits == 2) {
     for (int j = 0; j < d / 4; ++j)
       out[j] = uint8_t(codes[4 * j] | codes[4 * j + 1] << 2 | codes[4 * j + 2] << 4 | codes[4 * j + 3] << 6);
-  } else {  // 1 and 3 bits: 8 codes -> `bits` bytes
+  } else {  // 1, 3, 5 and 6 bits: 8 codes -> `bits` bytes
     for (int g = 0; g < d / 8; ++g) {
-      uint32_t w = 0;
-      for (int i = 0; i < 8; ++i) w |= uint32_t(codes[8 * g + i]) << (i * bits);
+      uint64_t w = 0;
+      for (int i = 0; i < 8; ++i) w |= uint64_t(codes[8 * g + i]) << (i * bits);
       for (int b = 0; b < bits; ++b) out[g * bits + b] = uint8_t(w >> (8 * b));
     }
   }
@@ -107,10 +108,10 @@ TQ_AVX2_INLINE void pack(const uint8_t* codes, int d, int bits, uint8_t* out, in
 }  // namespace
 
 TQ_AVX2 int64_t encode_chunk_avx2(const EncodeJob& j, int64_t begin, int64_t end) {
-  const int d = j.lay.d, K = 1 << j.lay.bits, rb = j.lay.row_bytes();
+  const int d = j.lay.d, K = 1 << j.lay.bits, rb = j.lay.row_bytes(), hi = j.lay.hi;
   alignas(32) float xf[1024], z[1024], r[1024];
   alignas(32) uint8_t codes[1024];
-  const Lut lut(j.codebook, K);
+  const Lut lut(j.codebook, j.lay.table_size());  // codes index the whole codebook input
   const __m256 vinv_sqrt_d = _mm256_set1_ps(j.isd);
   for (int64_t v = begin; v < end; ++v) {
     // Load (float16 -> float32 is exact), check finiteness.
@@ -159,12 +160,15 @@ TQ_AVX2 int64_t encode_chunk_avx2(const EncodeJob& j, int64_t begin, int64_t end
     float scale = 0.0f;
     if (ss == 0.0f) {
       std::memset(codes, K / 2, d);
+      std::memset(codes, 2 * K, hi);  // split widths: 2^bits + the (bits+1)-bit middle code
     } else {
       const __m256 inv = _mm256_set1_ps(1.0f / std::sqrt(ss));
       __m256 zc = _mm256_setzero_ps(), cc = _mm256_setzero_ps();
       for (int i = 0; i < d; i += 8) {
         const __m256 zi = _mm256_load_ps(z + i);
-        const __m256i code = code8(_mm256_mul_ps(zi, inv), j.bounds, K);
+        const __m256i code = i < hi ? _mm256_add_epi32(code8(_mm256_mul_ps(zi, inv), j.bounds + K, 2 * K),
+                                                        _mm256_set1_epi32(K))
+                                    : code8(_mm256_mul_ps(zi, inv), j.bounds, K);
         store_codes8(codes + i, code);
         const __m256 c = lut(code);
         zc = _mm256_fmadd_ps(zi, c, zc);
@@ -174,7 +178,11 @@ TQ_AVX2 int64_t encode_chunk_avx2(const EncodeJob& j, int64_t begin, int64_t end
       scale = ccc > 0.0f ? j.isd * czc / ccc : 0.0f;
     }
     std::memcpy(row, &scale, 4);
-    pack(codes, d, j.lay.bits, row + 4, j.lay.code_bytes());
+    if (hi) {
+      pack_row_codes(codes, j.lay, row + 4);
+    } else {
+      pack(codes, d, j.lay.bits, row + 4, j.lay.code_bytes());
+    }
     if (!j.lay.qjl) continue;
     // QJL: signs of S r, r = y - scale * c[code] in the rotated domain.
     const __m256 vs = _mm256_set1_ps(scale);

@@ -61,6 +61,21 @@ struct CodeDec<8> {  // one byte per code: gather
   }
 };
 
+template <int BITS>
+struct WideDec {  // BITS in {5, 6}: 8 codes = BITS bytes, shifted out of one 64-bit word, then a gather
+  const float* table;
+  TQ_AVX2_INLINE explicit WideDec(const float* t) : table(t) {}
+  TQ_AVX2_INLINE __m256 operator()(const uint8_t* p, int g) const {
+    uint64_t w = 0;
+    std::memcpy(&w, p + g * BITS, BITS);
+    constexpr uint64_t m = (1u << BITS) - 1u;
+    const __m256i idx = _mm256_setr_epi32(int(w & m), int(w >> BITS & m), int(w >> 2 * BITS & m),
+                                          int(w >> 3 * BITS & m), int(w >> 4 * BITS & m), int(w >> 5 * BITS & m),
+                                          int(w >> 6 * BITS & m), int(w >> 7 * BITS & m));
+    return _mm256_i32gather_ps(table, idx, 4);
+  }
+};
+
 struct F32Dec {
   TQ_AVX2_INLINE explicit F32Dec(const float*) {}
   TQ_AVX2_INLINE __m256 operator()(const uint8_t* p, int g) const {
@@ -219,6 +234,8 @@ TQ_AVX2 void dot_rows_avx2(const RowSpan& rs, int64_t count, const float* q, int
     case 2: return dot_nv<CodeDec<2>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
     case 3: return dot_nv<CodeDec<3>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
     case 4: return dot_nv<CodeDec<4>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
+    case 5: return dot_nv<WideDec<5>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
+    case 6: return dot_nv<WideDec<6>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
     case 8: return dot_nv<CodeDec<8>>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
     case 16: return dot_nv<F16Dec>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
     default: return dot_nv<F32Dec>(rs, count, q, q_ld, nv, out, out_ld, so, mult, accumulate);
@@ -232,6 +249,8 @@ TQ_AVX2 void acc_rows_avx2(const RowSpan& rs, int64_t count, const float* w, int
     case 2: return acc_nv<CodeDec<2>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
     case 3: return acc_nv<CodeDec<3>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
     case 4: return acc_nv<CodeDec<4>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
+    case 5: return acc_nv<WideDec<5>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
+    case 6: return acc_nv<WideDec<6>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
     case 8: return acc_nv<CodeDec<8>>(rs, count, w, w_ld, nv, acc, acc_ld, so);
     case 16: return acc_nv<F16Dec>(rs, count, w, w_ld, nv, acc, acc_ld, so);
     default: return acc_nv<F32Dec>(rs, count, w, w_ld, nv, acc, acc_ld, so);

@@ -234,7 +234,7 @@ __host__ __device__ inline int tc_smem_bytes(int Rk, int Rv, int m) {
 }
 
 // Coordinates 8 grp .. 8 grp + 7 of a staged row (scale word, then the LSB-first code stream; bits in
-// {1, 2, 3, 4, 8}, so the 8 codes lie in two consecutive words) as scale x centroid, packed fp16.
+// {1, 2, 3, 4, 5, 6, 8}, so the 8 codes lie in two consecutive words) as scale x centroid, packed fp16.
 __device__ __forceinline__ uint4 decode8(const uint8_t* row, int grp, int bits, const float* cb) {
   const uint32_t* w = reinterpret_cast<const uint32_t*>(row);
   const float sc = __uint_as_float(w[0]);

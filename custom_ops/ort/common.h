@@ -66,7 +66,7 @@ constexpr int64_t kMaxBytes = std::numeric_limits<int64_t>::max();
 // Bytes per element of the types the ops produce (0 for others).
 int64_t elem_bytes(ElemType t);
 
-// bits in {1, 2, 3, 4, 8}, on the attribute's int64 value (2^32 + 4 is not 4).
+// bits in {1, 2, 3, 4, 5, 6, 8}, on the attribute's int64 value (2^32 + 4 is not 4).
 bool valid_bits_attr(int64_t bits);
 
 // Fails unless attribute `name` (a size the kernels take as an int) is <= kMaxDim.

@@ -31,6 +31,8 @@ struct AttentionKernel {
     key_bits_ = attr_int(info, "key_bits", -1);
     value_bits_ = attr_int(info, "value_bits", -1);
     use_qjl_ = attr_int(info, "use_qjl", 0);
+    key_hi_ = hi_attr(info, "key_hi_channels");
+    value_hi_ = hi_attr(info, "value_hi_channels");
     do_rotary_ = attr_int(info, "do_rotary", 0);
     window_ = attr_int(info, "local_window_size", -1);
     recent_ = attr_int(info, "recent_window", 0);
@@ -39,9 +41,9 @@ struct AttentionKernel {
     if (use_qjl_ != 0 && use_qjl_ != 1) fail("attribute use_qjl=" + str(use_qjl_) + ": expected 0 or 1");
     if (do_rotary_ != 0 && do_rotary_ != 1) fail("attribute do_rotary=" + str(do_rotary_) + ": expected 0 or 1");
     if (key_bits_ != -1 && !valid_bits_attr(key_bits_))
-      fail("attribute key_bits=" + str(key_bits_) + ": expected one of 1, 2, 3, 4, 8");
+      fail("attribute key_bits=" + str(key_bits_) + ": expected one of 1, 2, 3, 4, 5, 6, 8");
     if (value_bits_ != -1 && value_bits_ != 0 && !valid_bits_attr(value_bits_))
-      fail("attribute value_bits=" + str(value_bits_) + ": expected 0 (values stay float) or one of 1, 2, 3, 4, 8");
+      fail("attribute value_bits=" + str(value_bits_) + ": expected 0 (values stay float) or one of 1, 2, 3, 4, 5, 6, 8");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -54,7 +56,7 @@ struct AttentionKernel {
   void Compute(OrtKernelContext* context);
 
   std::string name_;
-  int64_t hq_, hkv_, key_bits_, value_bits_, use_qjl_, do_rotary_, window_, recent_;
+  int64_t hq_, hkv_, key_bits_, value_bits_, use_qjl_, do_rotary_, window_, recent_, key_hi_ = 0, value_hi_ = 0;
   float scale_, softcap_;
 };
 
@@ -79,15 +81,18 @@ void AttentionKernel::Compute(OrtKernelContext* context) {
 
   // Codecs: keys always; values unless value_bits = 0 (or no value codebook and no value_bits).
   cpu::AttentionArgs a;
-  a.kc = make_codec(in[kRotation], in[kKeyCb], in[kQjl], key_bits_, "key_bits", use_qjl_ != 0);
+  a.kc = make_codec(in[kRotation], in[kKeyCb], in[kQjl], key_bits_, "key_bits", use_qjl_ != 0, key_hi_,
+                    "key_hi_channels");
   const bool keys_only = value_bits_ == 0 || (value_bits_ == -1 && !in[kValueCb].present);
-  if (!keys_only) a.vc = make_codec(in[kRotation], in[kValueCb], Input{}, value_bits_, "value_bits", false);
+  if (!keys_only) a.vc = make_codec(in[kRotation], in[kValueCb], Input{}, value_bits_, "value_bits", false, value_hi_,
+                                  "value_hi_channels");
   const int64_t Rk = a.kc.lay.row_bytes();
 
   pk.require_type(kU8);
   pk.require(pk.rank() == 4 && pk.dim(0) == B && pk.dim(1) == hkv_ && pk.dim(3) == Rk,
              "[B, kv_num_heads, P, row_bytes] = [" + str(B) + ", " + str(hkv_) + ", P, " + str(Rk) +
-                 "] (row_bytes for d=" + str(d) + ", key_bits=" + str(a.kc.lay.bits) + ", use_qjl=" + str(use_qjl_) + ")");
+                 "] (row_bytes for d=" + str(d) + ", key_bits=" + str(a.kc.lay.bits) +
+                 (key_hi_ ? ", key_hi_channels=" + str(key_hi_) : std::string()) + ", use_qjl=" + str(use_qjl_) + ")");
   const int64_t P = pk.dim(2);
   int64_t Rv;
   if (keys_only) {

@@ -12,6 +12,7 @@ struct DecodeKernel {
     const int64_t od = attr_int(info, "output_dtype", 1);
     if (od != 1 && od != 10) fail("attribute output_dtype=" + std::to_string(od) + ": expected 1 (float32) or 10 (float16)");
     half_ = od == 10;
+    hi_ = hi_attr(info, "hi_channels");
     // ORT cannot infer a custom op's output type from an attribute, so the model declares it
     // (value_info or graph output); it must agree with output_dtype.
     ElemType declared = Ort::ConstKernelInfo(info).GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
@@ -31,12 +32,13 @@ struct DecodeKernel {
     Ort::KernelContext ctx(context);
     Input rows = get_input(ctx, 0, "rows"), rot = get_input(ctx, 1, "rotation");
     Input cb = get_input(ctx, 2, "codebook"), qjl = get_input(ctx, 3, "qjl_matrix");
-    cpu::Codec c = make_codec(rot, cb, qjl, -1, "bits", use_qjl_ != 0);
+    cpu::Codec c = make_codec(rot, cb, qjl, -1, "bits", use_qjl_ != 0, hi_);
     const int rb = c.lay.row_bytes();
     rows.require_type(kU8);
     rows.require(rows.rank() >= 1 && rows.dim(-1) == rb,
                  "shape [..., " + std::to_string(rb) + "] (row_bytes for d=" + std::to_string(c.lay.d) +
-                     ", bits=" + std::to_string(c.lay.bits) + ", use_qjl=" + std::to_string(use_qjl_) +
+                     ", bits=" + std::to_string(c.lay.bits) +
+                     (hi_ ? ", hi_channels=" + std::to_string(hi_) : std::string()) + ", use_qjl=" + std::to_string(use_qjl_) +
                      (use_qjl_ ? ", m=" + std::to_string(c.lay.m) : std::string()) + ")");
     std::vector<int64_t> oshape(rows.shape);
     oshape.back() = c.lay.d;
@@ -46,7 +48,7 @@ struct DecodeKernel {
   }
 
   std::string name_;
-  int64_t use_qjl_ = 0;
+  int64_t use_qjl_ = 0, hi_ = 0;
   bool half_ = false;
 };
 

@@ -7,11 +7,12 @@ namespace {
 
 struct EncodeKernel {
   explicit EncodeKernel(const OrtKernelInfo* info) : name_("TurboQuantEncode '" + node_name(info) + "'") {
-    if (!has_attr(info, "bits")) fail("attribute 'bits' is required (one of 1, 2, 3, 4, 8)");
+    if (!has_attr(info, "bits")) fail("attribute 'bits' is required (one of 1, 2, 3, 4, 5, 6, 8)");
     bits_ = attr_int(info, "bits", -1);
-    if (!valid_bits_attr(bits_)) fail("attribute bits=" + std::to_string(bits_) + ": expected one of 1, 2, 3, 4, 8");
+    if (!valid_bits_attr(bits_)) fail("attribute bits=" + std::to_string(bits_) + ": expected one of 1, 2, 3, 4, 5, 6, 8");
     use_qjl_ = attr_int(info, "use_qjl", 0);
     if (use_qjl_ != 0 && use_qjl_ != 1) fail("attribute use_qjl=" + std::to_string(use_qjl_) + ": expected 0 or 1");
+    hi_ = hi_attr(info, "hi_channels");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -25,7 +26,7 @@ struct EncodeKernel {
     Ort::KernelContext ctx(context);
     Input x = get_input(ctx, 0, "x"), rot = get_input(ctx, 1, "rotation");
     Input cb = get_input(ctx, 2, "codebook"), qjl = get_input(ctx, 3, "qjl_matrix");
-    cpu::Codec c = make_codec(rot, cb, qjl, bits_, "bits", use_qjl_ != 0);
+    cpu::Codec c = make_codec(rot, cb, qjl, bits_, "bits", use_qjl_ != 0, hi_);
     const int d = c.lay.d;
     x.require(x.type == kF32 || x.type == kF16, "dtype float32 or float16");
     x.require(x.rank() >= 1 && x.dim(-1) == d, "shape [..., " + std::to_string(d) + "] (d from rotation)");
@@ -39,7 +40,7 @@ struct EncodeKernel {
   }
 
   std::string name_;
-  int64_t bits_ = 0, use_qjl_ = 0;
+  int64_t bits_ = 0, use_qjl_ = 0, hi_ = 0;
 };
 
 struct EncodeOp : OpBase<EncodeOp, EncodeKernel> {

@@ -33,6 +33,7 @@ struct AttentionKernel {
     key_bits_ = ort::attr_int(info, "key_bits", -1);
     value_bits_ = ort::attr_int(info, "value_bits", -1);
     use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    reject_split_widths(info, {"key_hi_channels", "value_hi_channels"});
     do_rotary_ = ort::attr_int(info, "do_rotary", 0);
     window_ = ort::attr_int(info, "local_window_size", -1);
     recent_ = ort::attr_int(info, "recent_window", 0);

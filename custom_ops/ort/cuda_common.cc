@@ -37,12 +37,20 @@ int rotation_dim(const Input& rot) {
   return int(rot.dim(0));
 }
 
+void reject_split_widths(const OrtKernelInfo* info, std::initializer_list<const char*> attrs) {
+  for (const char* a : attrs)
+    if (ort::attr_int(info, a, 0) != 0)
+      ort::fail(std::string("attribute ") + a + "=" + str(ort::attr_int(info, a, 0)) +
+                ": split widths (fractional bits, docs/ops.md 1.4.1) run on the CPU execution provider only in this "
+                "version; use whole bit widths on CUDA, or the CPU EP");
+}
+
 int codebook_bits(const Input& cb) {
   cb.require_type(kF32);
   cb.require(cb.rank() == 1, "shape [2^bits]");
-  for (int b : {1, 2, 3, 4, 8})
+  for (int b : {1, 2, 3, 4, 5, 6, 8})
     if (cb.dim(0) == (int64_t(1) << b)) return b;
-  cb.fail_expected("length 2^bits with bits in {1, 2, 3, 4, 8}");
+  cb.fail_expected("length 2^bits with bits in {1, 2, 3, 4, 5, 6, 8}");
 }
 
 int qjl_rows(const Input& qjl, int d, bool use_qjl) {

@@ -5,6 +5,7 @@
 // host: an out-of-range seqlens_k gives NaN outputs for that batch row.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "ort/common.h"
@@ -27,6 +28,10 @@ void check(int rc, const std::string& where);
 
 // d and rank from the rotation initializer.
 int rotation_dim(const Input& rot);
+
+// Split widths (hi_channels > 0, docs/ops.md 1.4.1) have CPU kernels only so far: a clear error at
+// session creation instead of misreading the rows.
+void reject_split_widths(const OrtKernelInfo* info, std::initializer_list<const char*> attrs);
 
 // bits from the codebook length.
 int codebook_bits(const Input& cb);

@@ -14,6 +14,7 @@ struct DecodeKernel {
   explicit DecodeKernel(const OrtKernelInfo* info)
       : name_("TurboQuantDecode (CUDA) '" + ort::node_name(info) + "'") {
     use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    reject_split_widths(info, {"hi_channels"});
     if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
     od_ = ort::attr_int(info, "output_dtype", 1);
     if (od_ != 1 && od_ != 10 && od_ != 16)

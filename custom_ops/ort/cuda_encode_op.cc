@@ -13,9 +13,10 @@ namespace {
 struct EncodeKernel {
   explicit EncodeKernel(const OrtKernelInfo* info)
       : name_("TurboQuantEncode (CUDA) '" + ort::node_name(info) + "'") {
-    if (!ort::has_attr(info, "bits")) ort::fail("attribute 'bits' is required (one of 1, 2, 3, 4, 8)");
+    if (!ort::has_attr(info, "bits")) ort::fail("attribute 'bits' is required (one of 1, 2, 3, 4, 5, 6, 8)");
     bits_ = ort::attr_int(info, "bits", -1);
     use_qjl_ = ort::attr_int(info, "use_qjl", 0);
+    reject_split_widths(info, {"hi_channels"});
     if (use_qjl_ != 0 && use_qjl_ != 1) ort::fail("attribute use_qjl: expected 0 or 1");
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* context) { return ort::guard(name_, [&] { Compute(context); }); }

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from tq_ort import codec
 
-BITS = (1, 2, 3, 4, 8)
+BITS = (1, 2, 3, 4, 5, 6, 8)
 POW2_DIMS = (2, 4, 8, 16, 32, 64, 128)
 DENSE_DIMS = (2, 3, 5, 6, 7, 12, 20, 36, 48)  # dense rotations: d not a multiple of 8 or 16 (kernel tails)
 # Integer attribute values that break naive code: zero, negatives, int32/int64 limits, values whose

@@ -513,7 +513,7 @@ DIMS = (64, 80, 96, 128, 256)
 
 
 def encode_cases(quick):
-    for d, bits, q in itertools.product(DIMS, (1, 2, 3, 4, 8), (False, True)):
+    for d, bits, q in itertools.product(DIMS, (1, 2, 3, 4, 5, 6, 8), (False, True)):
         if quick and (bits not in (3, 4) or d not in (80, 128)):
             continue
         for dt in (("float32",) if quick else ("float32", "float16", "bfloat16")):
@@ -532,7 +532,7 @@ def encode_cases(quick):
 
 
 def decode_cases(quick):
-    for d, bits in itertools.product(DIMS, (1, 2, 3, 4, 8)):
+    for d, bits in itertools.product(DIMS, (1, 2, 3, 4, 5, 6, 8)):
         if quick and bits != 3:
             continue
         for od in ("float32", "float16", "bfloat16"):

@@ -10,9 +10,12 @@ if TYPE_CHECKING:  # graph_passes is imported only when a config is built: --hel
 
 def add_codec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compression")
-    g.add_argument("--key-bits", type=int, default=4, help="bits per key coordinate, 1-4 or 8 (default 4; "
-                   "with --qjl one of them is the QJL sign bit)")
-    g.add_argument("--value-bits", type=int, default=4, help="bits per value coordinate, 1-4 or 8 (default 4)")
+    g.add_argument("--key-bits", type=_width, default=4, metavar="BITS",
+                   help="bits per key coordinate: 1-6 or 8, or a split width such as 3.5 (half the rotated coordinates "
+                   "at 4 bits, half at 3; steps of 8/head_dim; docs/ops.md 1.4.1) (default 4; with --qjl one of them "
+                   "is the QJL sign bit)")
+    g.add_argument("--value-bits", type=_width, default=4, metavar="BITS",
+                   help="bits per value coordinate: 1-6 or 8, or a split width such as 2.5 (default 4)")
     g.add_argument("--qjl", action="store_true", help="add the 1-bit QJL residual sketch to keys (unbiased scores)")
     g.add_argument("--keys-only", action="store_true", help="compress keys only; values stay float")
     g.add_argument("--protect-layers", default="", help="comma-separated layers kept at --protect-bits, "
@@ -38,6 +41,15 @@ def add_codec_args(p: argparse.ArgumentParser) -> None:
                    "for --bits-budget")
     g.add_argument("--preset", help="a named configuration chosen from the quality sweep (docs/quality.md); "
                    "overrides the bit flags. See tq_ort/presets.py for the names and the numbers behind them")
+
+
+def _width(text: str):
+    from graph_passes.widths import parse_width
+
+    try:
+        return parse_width(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def config_from_args(a: argparse.Namespace) -> TQConfig:

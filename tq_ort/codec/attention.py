@@ -30,7 +30,7 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
               rotation, key_codebook, value_codebook=None, qjl=None, *, num_heads: int, kv_num_heads: int,
               scale: float = 0.0, use_qjl: bool = False, do_rotary: bool = False, cos_cache=None,
               sin_cache=None, local_window_size: int = -1, softcap: float = 0.0, recent_window: int = 0,
-              past_key_recent=None, past_value_recent=None):
+              past_key_recent=None, past_value_recent=None, key_hi_channels: int = 0, value_hi_channels: int = 0):
     """Returns (output [B, S, Hq*d] in query's dtype, present_key, present_value), and with
     recent_window > 0 also (..., present_key_recent, present_value_recent).
 
@@ -42,6 +42,9 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
     new tokens are written to the rings (present_*_recent, copies of the past rings otherwise).
     Keys-only mode: past_value_recent is ignored, and present_value_recent is a copy of it when it
     has the ring's shape and dtype, zeros otherwise (values are exact in the rows anyway).
+
+    key_hi_channels / value_hi_channels > 0: split widths (docs/ops.md 1.4.1); the codebook is then
+    codebook(d, bits) followed by codebook(d, bits + 1) (tq_ort.codec.split_codebook).
     """
     d = head_dim_of(rotation)
     q_in = np.asarray(query)
@@ -119,7 +122,7 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
             q = apply_rotary(q, pos, cos_cache, sin_cache)
             k = apply_rotary(k, pos, cos_cache, sin_cache)
         # Encode the new keys from the float32 values the kernels see (after RoPE).
-        new_k_rows = encode(k.transpose(1, 0, 2), rotation, key_codebook, use_qjl, qjl, name="key")
+        new_k_rows = encode(k.transpose(1, 0, 2), rotation, key_codebook, use_qjl, qjl, name="key", hi=key_hi_channels)
         k_t = k.astype(dtype)  # what the key ring stores
         q = q.astype(np.float64)
         k = k.astype(np.float64)
@@ -132,12 +135,12 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
         else:
             present_v[b, :, past_len:past_len + S] = encode(
                 np.asarray(value)[b].reshape(S, kv_num_heads, d).transpose(1, 0, 2), rotation, value_codebook,
-                name="value")
+                name="value", hi=value_hi_channels)
         n_valid = min(L, S) if L < S else S
         for g in range(kv_num_heads):
             # Cached past [0, e0), read from the compressed rows (rotated domain).
             _, ks, kcodes, krn, ksg = row_fields(present_k[b, g, :e0], rotation, key_codebook, use_qjl, qjl,
-                                                 name="past_key")
+                                                 name="past_key", hi=key_hi_channels)
             k_rot = ks[:, None].astype(np.float64) * kc[kcodes]  # [e0, d]
             # Cached past [e0, past_len), exact: the ring (read before this step writes it).
             k_ring = np.asarray(past_key_recent)[b, g, ring_slots].astype(np.float64) if R else np.zeros((0, d))
@@ -145,7 +148,7 @@ def attention(query, key, value, past_key, past_value, seqlens_k, total_sequence
                 v_past = present_v[b, g, :past_len].astype(np.float64)  # original domain, all exact
             else:
                 _, vs, vcodes, _, _ = row_fields(present_v[b, g, :e0], rotation, value_codebook,
-                                                 name="past_value")
+                                                 name="past_value", hi=value_hi_channels)
                 v_past_rot = vs[:, None].astype(np.float64) * vc[vcodes]
                 v_ring = (np.asarray(past_value_recent)[b, g, ring_slots].astype(np.float64) if R
                           else np.zeros((0, d)))

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import optimize, special
 
-SUPPORTED_BITS = (1, 2, 3, 4, 8)
+SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 8)
 
 
 def _check(d: int, bits: int) -> None:
@@ -70,11 +70,31 @@ def boundaries(cb: np.ndarray) -> np.ndarray:
     return ((cb[:-1] + cb[1:]) * np.float32(0.5)).astype(np.float32)
 
 
-def bits_of(cb: np.ndarray) -> int:
-    """Code width implied by a codebook's length (which must be 2^bits with bits supported)."""
+def bits_of(cb: np.ndarray, hi: int = 0) -> int:
+    """Code width implied by a codebook's length: 2^bits (one width), or with hi > 0 (split widths)
+    2^bits + 2^(bits+1), the bits-bit centroids followed by the (bits+1)-bit ones."""
     n = int(np.asarray(cb).shape[0]) if np.ndim(cb) == 1 else -1
     for b in SUPPORTED_BITS:
-        if n == 1 << b:
+        if n == (3 << b if hi else 1 << b) and (not hi or b + 1 in SUPPORTED_BITS):
             return b
+    if hi:
+        raise ValueError(
+            f"codebook shape {np.shape(cb)}: expected a 1-D tensor of 2^bits + 2^(bits+1) entries "
+            f"(hi_channels={hi} > 0: the bits-bit centroids, then the (bits+1)-bit ones)")
     raise ValueError(
         f"codebook shape {np.shape(cb)}: expected a 1-D tensor of 2^bits entries, bits in {SUPPORTED_BITS}")
+
+
+def split_codebook(d: int, bits: int, hi: int = 0) -> np.ndarray:
+    """The codebook input of a layer: codebook(d, bits), and with hi > 0 (the first hi rotated
+    coordinates at bits + 1, docs/ops.md 1.4.1) codebook(d, bits) followed by codebook(d, bits + 1)."""
+    if not hi:
+        return codebook(d, bits)
+    return np.concatenate([codebook(d, bits), codebook(d, bits + 1)]).astype(np.float32)
+
+
+def tables(cb: np.ndarray, hi: int = 0) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(bits, the bits-bit centroids, the (bits+1)-bit centroids or None) of a codebook input."""
+    cb = np.asarray(cb, np.float32)
+    b = bits_of(cb, hi)
+    return b, cb[: 1 << b], (cb[1 << b:] if hi else None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codebook import bits_of, boundaries
+from .codebook import boundaries, tables
 from .rotation import forward_unscaled, head_dim_of, inv_sqrt_d, inverse
 from .rows import RowLayout, bytes_to_f32, f32_to_bytes, layout, pack_bits, unpack_bits
 
@@ -26,8 +26,12 @@ def _check_finite(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name} shape {x.shape}: expected finite values, found {x[tuple(bad)]} at {tuple(bad)}")
 
 
-def quantize(x: np.ndarray, rot: np.ndarray, cb: np.ndarray, name: str = "x"):
-    """Codes [..., d] (uint8), scale [...] (float32) and the rotated y = R x [..., d] (float32)."""
+def quantize(x: np.ndarray, rot: np.ndarray, cb: np.ndarray, name: str = "x", hi: int = 0):
+    """Codes [..., d] (uint8), scale [...] (float32) and the rotated y = R x [..., d] (float32).
+
+    The codes index cb: with hi > 0 (split widths) coordinates [0, hi) hold 2^bits + their
+    (bits+1)-bit code (cb is the bits-bit codebook followed by the (bits+1)-bit one), so cb[codes] are
+    the centroids either way."""
     d = head_dim_of(rot)
     x = np.asarray(x)
     if x.shape[-1:] != (d,):
@@ -42,8 +46,13 @@ def quantize(x: np.ndarray, rot: np.ndarray, cb: np.ndarray, name: str = "x"):
         inv = np.float32(1.0) / np.sqrt(ss)
     inv = np.where(zero, np.float32(0.0), inv).astype(np.float32)
     t = z * inv[..., None]
-    codes = np.searchsorted(boundaries(cb), t, side="left").astype(np.uint8)  # #{k : t > B[k]}
-    codes[zero] = len(cb) // 2
+    bits, lo, up = tables(cb, hi)
+    codes = np.searchsorted(boundaries(lo), t, side="left").astype(np.uint8)  # #{k : t > B[k]}
+    codes[zero] = len(lo) // 2
+    if hi:
+        top = np.searchsorted(boundaries(up), t[..., :hi], side="left")
+        top[zero] = len(up) // 2
+        codes[..., :hi] = (top + len(lo)).astype(np.uint8)
     c = cb[codes].astype(np.float64)
     scale = inv_sqrt_d(rot) * np.einsum("...i,...i->...", z.astype(np.float64), c) / np.einsum("...i,...i->...", c, c)
     scale = np.where(zero, 0.0, scale).astype(np.float32)
@@ -52,22 +61,43 @@ def quantize(x: np.ndarray, rot: np.ndarray, cb: np.ndarray, name: str = "x"):
 
 
 def encode(x: np.ndarray, rotation: np.ndarray, codebook: np.ndarray, use_qjl: bool = False,
-           qjl: np.ndarray | None = None, name: str = "x") -> np.ndarray:
-    """TurboQuantEncode: x [..., d] (float32/float16) -> rows uint8 [..., row_bytes]."""
+           qjl: np.ndarray | None = None, name: str = "x", hi: int = 0) -> np.ndarray:
+    """TurboQuantEncode: x [..., d] (float32/float16) -> rows uint8 [..., row_bytes].
+
+    hi > 0: split widths (docs/ops.md 1.4.1), codebook = codebook(d, bits) then codebook(d, bits+1)."""
     d = head_dim_of(rotation)
-    bits = bits_of(codebook)
+    bits = tables(codebook, hi)[0]
     m = _qjl_dim(qjl, d, use_qjl)
-    lay = layout(d, bits, use_qjl, m)
-    codes, scale, y = quantize(x, rotation, codebook, name)
+    lay = layout(d, bits, use_qjl, m, hi)
+    codes, scale, y = quantize(x, rotation, codebook, name, hi)
     rows = np.zeros((*codes.shape[:-1], lay.row_bytes), dtype=np.uint8)
     rows[..., 0:4] = f32_to_bytes(scale)
-    rows[..., 4:4 + lay.code_bytes] = pack_bits(codes, bits, lay.code_bytes)
+    rows[..., 4:4 + lay.code_bytes] = _pack_codes(codes, lay)
     if use_qjl:
         r = y.astype(np.float64) - scale[..., None].astype(np.float64) * np.asarray(codebook, np.float64)[codes]
         rows[..., lay.rnorm_offset:lay.rnorm_offset + 4] = f32_to_bytes(np.linalg.norm(r, axis=-1))
         p = r @ np.asarray(qjl, dtype=np.float64).T
         rows[..., lay.signs_offset:lay.signs_offset + lay.sign_bytes] = pack_bits(p >= 0, 1, lay.sign_bytes)
     return rows
+
+
+def _pack_codes(codes: np.ndarray, lay: RowLayout) -> np.ndarray:
+    """The code bytes of rows: one bits-bit stream, or (split widths) the (bits+1)-bit stream of
+    coordinates [0, hi) then the bits-bit stream of [hi, d), each padded to 4 bytes."""
+    if not lay.hi:
+        return pack_bits(codes, lay.bits, lay.code_bytes)
+    top = codes[..., :lay.hi] - np.uint8(1 << lay.bits)
+    return np.concatenate([pack_bits(top, lay.bits + 1, lay.hi_code_bytes),
+                           pack_bits(codes[..., lay.hi:], lay.bits, lay.lo_code_bytes)], axis=-1)
+
+
+def _unpack_codes(code_bytes: np.ndarray, lay: RowLayout) -> np.ndarray:
+    """Inverse of _pack_codes: codes that index the codebook input (see quantize)."""
+    if not lay.hi:
+        return unpack_bits(code_bytes, lay.bits, lay.d)
+    top = unpack_bits(code_bytes[..., :lay.hi_code_bytes], lay.bits + 1, lay.hi) + np.uint8(1 << lay.bits)
+    return np.concatenate([top, unpack_bits(code_bytes[..., lay.hi_code_bytes:], lay.bits, lay.d - lay.hi)],
+                          axis=-1)
 
 
 def _qjl_dim(qjl: np.ndarray | None, d: int, use_qjl: bool) -> int | None:
@@ -82,18 +112,19 @@ def _qjl_dim(qjl: np.ndarray | None, d: int, use_qjl: bool) -> int | None:
 
 
 def row_fields(rows: np.ndarray, rotation: np.ndarray, codebook: np.ndarray, use_qjl: bool = False,
-               qjl: np.ndarray | None = None, name: str = "rows"):
-    """Split rows into (layout, scale [...], codes [..., d], rnorm [...] | None, signs [..., m] | None)."""
+               qjl: np.ndarray | None = None, name: str = "rows", hi: int = 0):
+    """Split rows into (layout, scale [...], codes [..., d], rnorm [...] | None, signs [..., m] | None);
+    codebook[codes] are the centroids (also with split widths, hi > 0)."""
     d = head_dim_of(rotation)
-    bits = bits_of(codebook)
-    lay: RowLayout = layout(d, bits, use_qjl, _qjl_dim(qjl, d, use_qjl))
+    bits = tables(codebook, hi)[0]
+    lay: RowLayout = layout(d, bits, use_qjl, _qjl_dim(qjl, d, use_qjl), hi)
     rows = np.asarray(rows)
     if rows.dtype != np.uint8 or rows.shape[-1:] != (lay.row_bytes,):
         raise ValueError(
             f"{name} shape {rows.shape} dtype {rows.dtype}: expected uint8 [..., {lay.row_bytes}] "
-            f"(d={d}, bits={bits}, use_qjl={int(use_qjl)})")
+            f"(d={d}, bits={bits}, use_qjl={int(use_qjl)}" + (f", hi_channels={hi})" if hi else ")"))
     scale = bytes_to_f32(rows[..., 0:4])
-    codes = unpack_bits(rows[..., 4:4 + lay.code_bytes], bits, d)
+    codes = _unpack_codes(rows[..., 4:4 + lay.code_bytes], lay)
     if not use_qjl:
         return lay, scale, codes, None, None
     rnorm = bytes_to_f32(rows[..., lay.rnorm_offset:lay.rnorm_offset + 4])
@@ -102,16 +133,16 @@ def row_fields(rows: np.ndarray, rotation: np.ndarray, codebook: np.ndarray, use
 
 
 def decode_rotated(rows: np.ndarray, rotation: np.ndarray, codebook: np.ndarray, use_qjl: bool = False,
-                   qjl: np.ndarray | None = None) -> np.ndarray:
+                   qjl: np.ndarray | None = None, hi: int = 0) -> np.ndarray:
     """scale * c[codes] in the rotated domain, float64 [..., d]."""
-    _, scale, codes, _, _ = row_fields(rows, rotation, codebook, use_qjl, qjl)
+    _, scale, codes, _, _ = row_fields(rows, rotation, codebook, use_qjl, qjl, hi=hi)
     return scale[..., None].astype(np.float64) * np.asarray(codebook, np.float64)[codes]
 
 
 def decode(rows: np.ndarray, rotation: np.ndarray, codebook: np.ndarray, use_qjl: bool = False,
-           qjl: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+           qjl: np.ndarray | None = None, dtype=np.float32, hi: int = 0) -> np.ndarray:
     """TurboQuantDecode: rows -> x_hat = scale * R^T c[codes], [..., d]."""
-    return inverse(decode_rotated(rows, rotation, codebook, use_qjl, qjl), rotation).astype(dtype)
+    return inverse(decode_rotated(rows, rotation, codebook, use_qjl, qjl, hi), rotation).astype(dtype)
 
 
 def qjl_inner(q_rot: np.ndarray, rnorm: np.ndarray, signs: np.ndarray, qjl: np.ndarray) -> np.ndarray:

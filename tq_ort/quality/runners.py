@@ -142,7 +142,7 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
-    """'K4V4', 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'K4V4+recent64', 'int4',
+    """'K4V4', 'K3.5V3' (split widths), 'K4V3+qjl', 'K4+keys', 'K3V3+protect', 'K4V4+protect=0,1,-2,-1@8', 'K4V4+recent64', 'int4',
     'uniform4', 'int4+recent64'; per-layer widths: 'K4V3+layers=0:K8V8,-1:K8V4' or 'K4V3+layers=ALLOC.json'
     (an allocation file), 'K4V4+budget=3.5@SENSITIVITY.json' (solved as --bits-budget / --sensitivity do)."""
     s = spec.strip()
@@ -162,7 +162,9 @@ def parse_variant(spec: str) -> Variant:
         kb, vb = head[1:].split("V")
     else:
         kb, vb = head[1:], "4"
-    kw = {"key_bits": int(kb), "value_bits": int(vb)}
+    from graph_passes.widths import parse_width
+
+    kw = {"key_bits": parse_width(kb), "value_bits": parse_width(vb)}
     for o in opts:
         if o == "qjl":
             kw["use_qjl"] = True

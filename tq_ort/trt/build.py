@@ -88,6 +88,15 @@ def _model_info(onnx_path: Path) -> tuple[dict | None, bool]:
     return config_or_none(m, str(onnx_path)), any(n.domain == "turboquant" for n in m.graph.node)
 
 
+def _check_widths(cfg: dict | None, onnx_path: Path) -> None:
+    """Split widths (docs/ops.md 1.4.1) have CPU kernels only: the plugins would misread their rows."""
+    split = [L["layer"] for L in (cfg or {}).get("layers", []) if L.get("key_hi") or L.get("value_hi")]
+    if split:
+        raise ValueError(f"{onnx_path}: layers {split} use split widths (e.g. --key-bits 3.5), which the TensorRT "
+                         "plugins and CUDA kernels do not read yet (CPU execution provider only); rewrite the model "
+                         "with whole widths for TensorRT")
+
+
 class _Progress:
     """A tqdm timer on stderr showing TensorRT's current build phase, refreshed every second."""
 
@@ -147,6 +156,7 @@ def build_engine(model: str | Path, engine: str | Path, o: BuildOptions | None =
     o = o or BuildOptions()
     o.validate()
     onnx_path = resolve_model(model)
+    _check_widths(_model_info(onnx_path)[0], onnx_path)
     trt = import_tensorrt()
     rtx = is_rtx(trt)
     from .worker import IN_WORKER, build_in_worker

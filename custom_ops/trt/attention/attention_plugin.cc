@@ -59,10 +59,10 @@ AttentionPlugin* AttentionPlugin::create(const char* layer, const nvinfer1::Plug
   a.value_bits = f.i("value_bits");
   auto bits_ok = [](int64_t b) { return b == 1 || b == 2 || b == 3 || b == 4 || b == 8; };
   require(a.key_bits == -1 || bits_ok(a.key_bits),
-          "field 'key_bits'=" + str(a.key_bits) + ": expected one of 1, 2, 3, 4, 8 (or -1: from key_codebook)");
+          "field 'key_bits'=" + str(a.key_bits) + ": expected one of 1, 2, 3, 4, 5, 6, 8 (or -1: from key_codebook)");
   require(a.value_bits == -1 || a.value_bits == 0 || bits_ok(a.value_bits),
           "field 'value_bits'=" + str(a.value_bits) +
-              ": expected 0 (values uncompressed), one of 1, 2, 3, 4, 8, or -1 (from value_codebook)");
+              ": expected 0 (values uncompressed), one of 1, 2, 3, 4, 5, 6, 8, or -1 (from value_codebook)");
   a.use_qjl = f.i("use_qjl");
   require(a.use_qjl == 0 || a.use_qjl == 1, "field 'use_qjl'=" + str(a.use_qjl) + ": expected 0 or 1");
   a.do_rotary = f.i("do_rotary");

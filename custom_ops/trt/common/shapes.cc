@@ -47,9 +47,9 @@ int rotation_dim(const Shape& rot) {
 }
 
 int codebook_bits(const Shape& cb) {
-  const char* what = "float32 [2^bits] with bits in {1, 2, 3, 4, 8}, of known length (an initializer)";
+  const char* what = "float32 [2^bits] with bits in {1, 2, 3, 4, 5, 6, 8}, of known length (an initializer)";
   cb.require(cb.present && cb.rank() == 1 && cb.dim(0) >= 0, what);
-  for (int b : {1, 2, 3, 4, 8})
+  for (int b : {1, 2, 3, 4, 5, 6, 8})
     if (cb.dim(0) == (int64_t(1) << b)) return b;
   cb.require(false, what);
   return 0;

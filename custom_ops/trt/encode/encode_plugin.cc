@@ -24,7 +24,7 @@ EncodePlugin* EncodePlugin::create(const char* layer, const nvinfer1::PluginFiel
   FieldValues f(kName, {kBits, kUseQjl, kRowsDtypeSpec}, fc);
   const int64_t bits = f.i("bits"), q = f.i("use_qjl");
   require(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8,
-          "field 'bits'=" + str(bits) + ": expected one of 1, 2, 3, 4, 8");
+          "field 'bits'=" + str(bits) + ": expected one of 1, 2, 3, 4, 5, 6, 8");
   require(q == 0 || q == 1, "field 'use_qjl'=" + str(q) + ": expected 0 or 1");
   return new EncodePlugin(layer, int(bits), int(q), rows_view(f.i("rows_dtype")));
 }
