@@ -18,6 +18,7 @@ Two cache modes, as DecoderSession picks them:
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 
 import numpy as np
@@ -28,9 +29,24 @@ from ..session import DecoderSession
 _PAGE = mmap.PAGESIZE
 
 
+def _mincore() -> ctypes._CFuncPtr | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError):  # not Linux / no libc symbol
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MINCORE = _mincore()
+
+
 def _anon_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, mmap.mmap]:
     nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
-    buf = mmap.mmap(-1, nbytes)  # zero-filled, committed page by page as rows are written
+    # private: MADV_DONTNEED drops a private anonymous page (it reads as zeros again); Python's default for
+    # mmap(-1, n), MAP_SHARED, is shmem, whose pages DONTNEED only unmaps and a later access maps back, data and all
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # zero-filled, committed page by page as rows are written
     return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape), buf
 
 
@@ -63,8 +79,22 @@ class SlotPool:
         """Bytes of address space the pool spans (pages are committed only as rows are written)."""
         return sum(a.nbytes for a in self.pool.values())
 
+    def resident_bytes(self) -> int:
+        """Bytes of the pool's pages resident in memory now (mincore), -1 where the OS cannot tell."""
+        if _MINCORE is None:
+            return -1
+        total = 0
+        for arr in self.pool.values():
+            pages = -(-arr.nbytes // _PAGE)
+            vec = (ctypes.c_ubyte * pages)()
+            if _MINCORE(arr.ctypes.data, arr.nbytes, vec) != 0:
+                return -1
+            total += int((np.frombuffer(vec, dtype=np.uint8) & 1).sum()) * _PAGE  # bit 0: resident
+        return total
+
     def release(self, slot: int) -> None:
-        """Forget a slot's sequence and give its pages back to the OS (they read as zeros again)."""
+        """Forget a slot's sequence and give its pages back to the OS (they read as zeros again). Pages that
+        straddle a neighbouring slot stay; release_all() drops them once every slot is free."""
         self.lengths[slot] = 0
         for name, arr in self.pool.items():
             per = arr.nbytes // self.slots
@@ -72,6 +102,14 @@ class SlotPool:
             a, b = -(-start // _PAGE) * _PAGE, (end // _PAGE) * _PAGE  # whole pages inside the slot
             if b > a and hasattr(self._buffers[name], "madvise"):
                 self._buffers[name].madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    def release_all(self) -> None:
+        """Every slot free: give the whole pool back to the OS (also the pages shared by two slots and the
+        dummy rows that free slots compute in a decode step), back to the pool's state at start."""
+        self.lengths[:] = 0
+        for buf in self._buffers.values():
+            if hasattr(buf, "madvise"):
+                buf.madvise(mmap.MADV_DONTNEED, 0, len(buf))
 
     # -- running -------------------------------------------------------------------------------
     def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,

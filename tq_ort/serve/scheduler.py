@@ -138,7 +138,8 @@ class Scheduler:
                 "cache_budget_bytes": self.account.budget, "cache_reserved_bytes": self.account.reserved,
                 "cache_used_bytes": sum(self.account.need(t) for t in used_tokens),
                 "cache_used_fp16_bytes": sum(self.account.fp16(t) for t in used_tokens),
-                "pool_address_bytes": self.pool.pool_bytes(), "bytes_per_token": self.account.bytes_per_token,
+                "pool_address_bytes": self.pool.pool_bytes(), "cache_resident_bytes": self.pool.resident_bytes(),
+                "bytes_per_token": self.account.bytes_per_token,
                 "fp16_bytes_per_token": self.account.fp16_bytes_per_token, **dict(self.counts)}
 
     def drain(self, timeout: float) -> bool:
@@ -165,8 +166,7 @@ class Scheduler:
 
     def _fail(self, job: _Job, err: Exception) -> None:
         self._count("failed")
-        if not job.future.done():
-            job.future.set_exception(err)
+        _settle(job.future, error=err)
 
     def _loop(self) -> None:
         while True:
@@ -247,7 +247,11 @@ class Scheduler:
                 while upto > job.sent and job.text[upto - 1] == "\ufffd":
                     upto -= 1
             if upto > job.sent:
-                job.req.on_text(job.text[job.sent:upto])
+                try:
+                    job.req.on_text(job.text[job.sent:upto])
+                except Exception as e:  # noqa: BLE001 - a stream whose reader is gone ends alone, not its batch
+                    self._retire(job, error=RuntimeError(f"streaming failed: {type(e).__name__}: {e}"))
+                    return
                 job.sent = upto
         if reason:
             self._retire(job, reason=reason)
@@ -255,9 +259,13 @@ class Scheduler:
     def _retire(self, job: _Job, *, reason: str = "", error: Exception | None = None) -> None:
         length = int(self.pool.lengths[job.slot])
         with self._cond:
-            if self._active.get(job.slot) is job:
-                del self._active[job.slot]
+            if self._active.get(job.slot) is not job:  # retired already: its slot may be another job's now
+                LOG.error("request retired twice (slot %d); ignored", job.slot)
+                return
+            del self._active[job.slot]
             self.pool.release(job.slot)
+            if not self._active:  # idle: the whole pool back to its state at start
+                self.pool.release_all()
             self.account.release(job.need)
             self._cond.notify_all()
         if error is not None:
@@ -270,5 +278,18 @@ class Scheduler:
         LOG.info("request done: %d+%d tokens (%s) in %.2fs; cache %s vs %s float16; reserved now %s of %s",
                  res.prompt_tokens, len(res.token_ids), reason, res.seconds, format_size(res.cache_bytes),
                  format_size(res.cache_bytes_fp16), format_size(self.account.reserved), format_size(self.account.budget))
-        if not job.future.done():
-            job.future.set_result(res)
+        _settle(job.future, result=res)
+
+
+def _settle(future: cf.Future, *, result: GenResult | None = None, error: Exception | None = None) -> None:
+    """Set a future's result or exception unless its caller cancelled it meanwhile (another thread may
+    cancel between a done() check and the set: set_* then raises InvalidStateError, which must not reach
+    the loop, whose handler fails every active request)."""
+    try:
+        if not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+    except cf.InvalidStateError:
+        pass
