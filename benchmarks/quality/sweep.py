@@ -53,7 +53,9 @@ DEFAULTS = {
 # studies beside the main sweep (--tag): results file prefix -> section title in docs/quality.md
 STUDIES = {"recent": "the exact recent window (last R tokens also kept in float16)",
            "recent2": "the exact recent window with 8-bit keys",
-           "recent-uniform": "the uniform int-b baseline with the same exact recent window (KIVI-style)"}
+           "recent-uniform": "the uniform int-b baseline with the same exact recent window (KIVI-style)",
+           "split": "split widths (fractional bits, docs/ops.md 1.4.1) at the 4.5x frontier",
+           "k56": "5- and 6-bit keys where 4 bits fail"}
 
 
 def parse_args(argv=None):
