@@ -98,7 +98,7 @@ def test_interrupted_rewrite_leaves_the_old_model_or_none(tmp_path, stage, sig):
 def test_refused_rewrite_writes_nothing(tmp_path, capsys):
     src = tiny_export("llama")
     out = tmp_path / "new" / "deeper" / "model.onnx"
-    refused = [["--target", "edge", "--qjl"], ["--key-bits", "6"], ["--target", "edge", "--recent-window", "4"]]
+    refused = [["--target", "edge", "--qjl"], ["--key-bits", "7"], ["--target", "edge", "--recent-window", "4"]]
     for flags in refused:
         assert main(["rewrite", str(src), "-o", str(out), *flags]) == 2, flags
         assert not (tmp_path / "new").exists(), f"refused rewrite {flags} created {tmp_path / 'new'}"
@@ -163,7 +163,7 @@ def test_refused_export_writes_nothing(tmp_path, export_env):
     before_cache = snapshot(cache)
     out = tmp_path / "o" / "m"
     assert main(["export", str(hf), "-o", str(out), "--quiet", "--target", "edge", "--qjl"]) == 2
-    assert main(["export", str(hf), "-o", str(out), "--quiet", "--value-bits", "5"]) == 2
+    assert main(["export", str(hf), "-o", str(out), "--quiet", "--value-bits", "7"]) == 2
     assert not (tmp_path / "o").exists()
     assert snapshot(cache) == before_cache
     # a non-empty folder that holds no model is not replaced
