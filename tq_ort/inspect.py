@@ -14,16 +14,17 @@ def load_config(model: Path) -> dict:
 
 
 def memory(cfg: dict, context: int, batch: int = 1) -> dict:
+    from graph_passes.widths import format_width
+
     rows = []
     for layer in cfg["layers"]:
         h = layer["kv_heads"]
         k = h * layer["key_row_bytes"]
         v = h * (layer["value_row_bytes"] or layer["head_dim"] * 4)  # keys-only: float32 values in the export
         d = layer["head_dim"]
-        kw = layer["key_bits"] + layer.get("key_hi", 0) / d + int(layer["use_qjl"])  # split widths: e.g. 3.5
-        vw = layer["value_bits"] + layer.get("value_hi", 0) / d
-        rows.append({"layer": layer["layer"], "key_bits": int(kw) if kw == int(kw) else kw,
-                     "value_bits": int(vw) if vw == int(vw) else vw, "qjl": layer["use_qjl"], "key_bytes_per_token": k,
+        rows.append({"layer": layer["layer"],  # widths as given: split ones (key_hi > 0) are e.g. 3.5
+                     "key_bits": format_width(layer["key_bits"] + int(layer["use_qjl"]), layer.get("key_hi", 0), d),
+                     "value_bits": format_width(layer["value_bits"], layer.get("value_hi", 0), d), "qjl": layer["use_qjl"], "key_bytes_per_token": k,
                      "value_bytes_per_token": v, "fp16_bytes_per_token": 2 * h * layer["head_dim"] * 2})
     tq = sum(r["key_bytes_per_token"] + r["value_bytes_per_token"] for r in rows)
     fp16 = sum(r["fp16_bytes_per_token"] for r in rows)

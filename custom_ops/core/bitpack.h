@@ -5,16 +5,17 @@
 
 namespace tq {
 
-// Writes n codes of b bits into out[0..nbytes) (nbytes >= ceil(n*b/8)); the rest is zeroed.
-TQ_HD inline void pack_codes(const uint8_t* codes, int n, int b, uint8_t* out, int nbytes) {
+// Writes n codes of b bits (codes[i] - base each) into out[0..nbytes) (nbytes >= ceil(n*b/8)); the
+// rest is zeroed.
+TQ_HD inline void pack_codes(const uint8_t* codes, int n, int b, uint8_t* out, int nbytes, int base = 0) {
   for (int i = 0; i < nbytes; ++i) out[i] = 0;
   if (b == 8) {
-    for (int i = 0; i < n; ++i) out[i] = codes[i];
+    for (int i = 0; i < n; ++i) out[i] = uint8_t(codes[i] - base);
     return;
   }
   for (int i = 0; i < n; ++i) {
     int bit = i * b;
-    uint32_t v = uint32_t(codes[i]) << (bit & 7);
+    uint32_t v = uint32_t(codes[i] - base) << (bit & 7);
     out[bit >> 3] |= uint8_t(v);
     if ((bit & 7) + b > 8) out[(bit >> 3) + 1] |= uint8_t(v >> 8);
   }
@@ -37,14 +38,7 @@ TQ_HD inline int code_index(const uint8_t* code_bytes, const RowLayout& l, int i
 
 TQ_HD inline void pack_row_codes(const uint8_t* codes, const RowLayout& l, uint8_t* out) {
   if (!l.hi) return pack_codes(codes, l.d, l.bits, out, l.code_bytes());
-  const int K = 1 << l.bits;
-  for (int i = 0; i < l.code_bytes(); ++i) out[i] = 0;
-  for (int i = 0; i < l.hi; ++i) {  // the (bits+1)-bit stream, codes less the 2^bits offset
-    const int bit = i * (l.bits + 1);
-    const uint32_t v = uint32_t(codes[i] - K) << (bit & 7);
-    out[bit >> 3] |= uint8_t(v);
-    if ((bit & 7) + l.bits + 1 > 8) out[(bit >> 3) + 1] |= uint8_t(v >> 8);
-  }
+  pack_codes(codes, l.hi, l.bits + 1, out, l.hi_code_bytes(), 1 << l.bits);  // less the 2^bits offset
   pack_codes(codes + l.hi, l.d - l.hi, l.bits, out + l.hi_code_bytes(), l.lo_code_bytes());
 }
 
