@@ -12,7 +12,6 @@ import math
 from tq_ort import codec
 
 Width = int | float
-MAX_SPLIT_BITS = 5  # the wider stream of a split width is at most 6 bits
 
 
 def parse_width(text: str) -> Width:
@@ -32,13 +31,13 @@ def normalise_width(w: object) -> object:
 
 
 def is_width(w: object, supported: tuple[int, ...] = codec.SUPPORTED_BITS) -> bool:
-    """A supported whole width, or a split one between two supported widths (floor(w) <= 5)."""
+    """A supported whole width, or a split one between two supported widths (1.x to 5.x)."""
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
         return False
     if w == int(w):
         return int(w) in supported
     b = math.floor(w)
-    return b in supported and b + 1 in supported and b <= MAX_SPLIT_BITS
+    return b in supported and b + 1 in supported
 
 
 def width_error(name: str, w: object, supported: tuple[int, ...] = codec.SUPPORTED_BITS) -> str:

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "codec.cuh"
+#include "core/layout.h"
 #include "tq_cuda_api.h"
 
 namespace tq {
@@ -19,7 +20,6 @@ int fail(int rc, const char* msg) {
   g_err = msg ? msg : "unknown error";
   return rc ? rc : -1;
 }
-bool bits_ok(int b) { return (b >= 1 && b <= 6) || b == 8; }  // core/layout.h valid_bits
 }  // namespace
 
 extern "C" {
@@ -31,7 +31,7 @@ int tq_cuda_row_bytes(int d, int bits, int use_qjl, int m) { return tq::cuda::ro
 int tq_cuda_encode(const void* x, int x_dtype, int64_t n, int d, const float* rotation, int rot_rank,
                    const float* codebook, int bits, int use_qjl, const float* qjl, int m, uint8_t* rows,
                    void* stream) {
-  if (!bits_ok(bits)) return fail(-1, "bits must be one of 1, 2, 3, 4, 5, 6, 8");
+  if (!tq::valid_bits(bits)) return fail(-1, "bits must be one of 1, 2, 3, 4, 5, 6, 8");
   if (rot_rank != 1 && rot_rank != 2) return fail(-1, "rotation rank must be 1 or 2");
   const char* msg = nullptr;
   tq::cuda::RowSink sink{rows, tq::cuda::row_bytes(d, bits, use_qjl, m), 0, 1, 1, 1, nullptr};
@@ -42,7 +42,7 @@ int tq_cuda_encode(const void* x, int x_dtype, int64_t n, int d, const float* ro
 
 int tq_cuda_decode(const uint8_t* rows, int64_t n, int d, const float* rotation, int rot_rank, const float* codebook,
                    int bits, int use_qjl, int m, void* out, int out_dtype, void* stream) {
-  if (!bits_ok(bits)) return fail(-1, "bits must be one of 1, 2, 3, 4, 5, 6, 8");
+  if (!tq::valid_bits(bits)) return fail(-1, "bits must be one of 1, 2, 3, 4, 5, 6, 8");
   if (rot_rank != 1 && rot_rank != 2) return fail(-1, "rotation rank must be 1 or 2");
   const char* msg = nullptr;
   int rc = tq::cuda::launch_decode(rows, n, d, rotation, rot_rank, codebook, bits,
@@ -53,8 +53,8 @@ int tq_cuda_decode(const uint8_t* rows, int64_t n, int d, const float* rotation,
 size_t tq_cuda_attention_workspace(const TqAttnParams* p) { return tq::cuda::attention_workspace(p); }
 
 int tq_cuda_attention(const TqAttnParams* p, void* workspace, size_t workspace_bytes, void* stream) {
-  if (!bits_ok((int)p->key_bits)) return fail(-1, "key_bits must be one of 1, 2, 3, 4, 5, 6, 8");
-  if (p->value_bits != 0 && !bits_ok((int)p->value_bits)) return fail(-1, "value_bits must be 0 or one of 1, 2, 3, 4, 5, 6, 8");
+  if (!tq::valid_bits((int)p->key_bits)) return fail(-1, "key_bits must be one of 1, 2, 3, 4, 5, 6, 8");
+  if (p->value_bits != 0 && !tq::valid_bits((int)p->value_bits)) return fail(-1, "value_bits must be 0 or one of 1, 2, 3, 4, 5, 6, 8");
   const char* msg = nullptr;
   int rc = tq::cuda::attention(p, workspace, workspace_bytes, (cudaStream_t)stream, &msg);
   return rc ? fail(rc, msg) : 0;
